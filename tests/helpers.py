@@ -1,0 +1,27 @@
+"""Helpers for tests: reference data in ../shared/data and external programs (import as `helpers`)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    """Path inside ../shared/data, or skip the test with the reason when it is absent."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"reference data {p} is absent (only the project's workplace has ../shared/data)")
+    return p
+
+
+def require_tool(name: str, package: str) -> str:
+    """Full path of an external program, or skip naming the Debian package that provides it."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} not found: install the Debian package {package} (make test does so as root)")
+    return path

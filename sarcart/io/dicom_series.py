@@ -28,6 +28,9 @@ MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+_IMAGE_SOP_CLASSES = {MR_IMAGE_STORAGE, CT_IMAGE_STORAGE}
+_IMAGE_ATTRS = ("ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns", "PixelSpacing")
 _SKIP_NAMES = {"DICOMDIR"}
 _POS_TOL_MM = 0.01  # tolerance on slice positions / in-plane offsets
 _SPACING_REL_TOL = 0.01  # 1 % of the slice spacing
@@ -94,10 +97,22 @@ def _read_headers(files: Iterable[Path]) -> list[tuple[Path, Dataset]]:
 
 
 def _is_image(ds: Dataset) -> bool:
-    return "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds and "Rows" in ds
+    return all(a in ds for a in _IMAGE_ATTRS)
+
+
+def _check_incomplete(headers: list[tuple[Path, Dataset]]) -> None:
+    """An image-class object without its image attributes is truncated or broken, never 'non-image'."""
+    for f, ds in headers:
+        if str(ds.get("SOPClassUID", "")) in _IMAGE_SOP_CLASSES and not _is_image(ds):
+            missing = [a for a in _IMAGE_ATTRS if a not in ds]
+            raise InvalidDicomError(
+                f"{f.name} is an image object ({ds.get('Modality', '?')}) but lacks {', '.join(missing)}: the file is "
+                "truncated or incomplete. Re-send or re-export the series"
+            )
 
 
 def _select_series(headers: list[tuple[Path, Dataset]], series_uid: str | None, where: Path) -> list[tuple[Path, Dataset]]:
+    _check_incomplete(headers)
     images = [(f, ds) for f, ds in headers if _is_image(ds)]
     others = [(f, ds) for f, ds in headers if not _is_image(ds)]
     enhanced = [f for f, ds in headers if str(ds.get("SOPClassUID", "")) == ENHANCED_MR_STORAGE]

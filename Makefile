@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # the set-up is redone only when its inputs change
 SETUP_HASH := $(shell cat pyproject.toml Makefile scripts/install-system-deps.sh 2>/dev/null | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.setup-$(SETUP_HASH)
-SYSTEM_TOOLS := dcmtk dicom3tools plastimatch
+SYSTEM_TOOLS := dcmtk dicom3tools plastimatch chromium orthanc
 PYTEST_ARGS ?=
 
 .PHONY: setup test demo system-deps clean-venv

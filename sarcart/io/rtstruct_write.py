@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.sequence import Sequence
 
 import sarcart
@@ -23,6 +25,7 @@ from sarcart.io.structures import STYLE
 
 log = logging.getLogger(__name__)
 
+_CONTOUR_DATA = Tag(0x3006, 0x0050)
 # Study Component Management SOP Class, the conventional ReferencedSOPClassUID of RT Referenced Study
 _STUDY_COMPONENT_SOP = "1.2.840.10008.3.1.2.3.2"
 
@@ -185,10 +188,19 @@ def _roi_contour(number: int, arr: np.ndarray, st: RoiStyle, series: DicomSeries
             c.ContourGeometricType = "CLOSED_PLANAR"
             c.NumberOfContourPoints = len(xyz)
             c.ContourNumber = len(contours) + 1
-            c.ContourData = [f"{v:.3f}" for v in xyz.reshape(-1)]
+            c[_CONTOUR_DATA] = _raw_ds(xyz.reshape(-1))
             contours.append(c)
     item.ContourSequence = contours
     return item
+
+
+def _raw_ds(values: np.ndarray) -> RawDataElement:
+    """A DS multi-value element already encoded (pydicom's per-value validation is the bottleneck)."""
+    text = "\\".join(f"{v:.3f}" for v in values.tolist())
+    data = text.encode("ascii")
+    if len(data) % 2:
+        data += b" "
+    return RawDataElement(_CONTOUR_DATA, "DS", len(data), data, 0, False, True)
 
 
 def _observation(number: int, name: str, st: RoiStyle) -> Dataset:

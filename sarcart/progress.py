@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Iterable, Iterator, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 T = TypeVar("T")
 
@@ -26,3 +33,11 @@ def progress(iterable: Iterable[T], description: str, *, total: int | None = Non
         for item in iterable:
             yield item
             bar.advance(task)
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A rich console for command output; 140 columns when not writing to a terminal (logs, CI, make)."""
+    import sys
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 140)

@@ -55,7 +55,7 @@ _FIELDS = ("patients", "fractions", "site", "seed", "snr", "hypoxia_cnr", "bandi
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from sarcart.progress import make_console
     from rich.table import Table
 
     from sarcart.errors import ConfigError
@@ -79,7 +79,7 @@ def _synth(args: argparse.Namespace) -> int:
                           f"{100 * float(r['hypoxic_fraction_realised']):.0f}",
                           f"{100 * float(r['necrotic_fraction_realised']):.0f}",
                           f"{float(r['genomic_score']):+.2f}", r["grade"])
-    Console().print(table)
-    Console().print(f"{spec.patients} patient(s) x {spec.fractions + 1} fractions; spec: "
+    make_console().print(table)
+    make_console().print(f"{spec.patients} patient(s) x {spec.fractions + 1} fractions; spec: "
                     f"{Path(args.out) / 'cohort_spec.yaml'}; table: {csv_path}")
     return 0

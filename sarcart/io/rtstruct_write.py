@@ -184,6 +184,8 @@ def _roi_contour(number: int, arr: np.ndarray, st: RoiStyle, series: DicomSeries
             ijk = np.column_stack([poly[:, 0] + i0, poly[:, 1] + j0, np.full(len(poly), float(k))])
             xyz = geom.index_to_world(ijk)
             c = Dataset()
+            # declare the item's encoding so pydicom writes the pre-encoded ContourData as it is
+            c.set_original_encoding(False, True, "iso8859")
             c.ContourImageSequence = Sequence([_image_ref(series, int(k))])
             c.ContourGeometricType = "CLOSED_PLANAR"
             c.NumberOfContourPoints = len(xyz)

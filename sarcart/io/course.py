@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sarcart.errors import CourseLayoutError
+from sarcart.config import load_model
+from sarcart.errors import ConfigError, CourseLayoutError
 
 SITES = ("retroperitoneum", "upper_extremity", "lower_extremity")
 Site = Literal["retroperitoneum", "upper_extremity", "lower_extremity"]
@@ -166,13 +167,9 @@ def load_course(patient_dir: str | os.PathLike[str], *, strict: bool = False) ->
             "`sarcart course init` or see docs/course.md)"
         )
     try:
-        raw = yaml.safe_load(cfg_path.read_text()) or {}
-        config = CourseConfig.model_validate(raw)
-    except yaml.YAMLError as exc:
-        raise CourseLayoutError(f"{cfg_path} is not valid YAML: {exc}") from exc
-    except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors())
-        raise CourseLayoutError(f"{cfg_path}: {msgs}") from exc
+        config = load_model(CourseConfig, cfg_path, what="course", hint="see docs/course.md")
+    except ConfigError as exc:
+        raise CourseLayoutError(str(exc)) from exc
     course = Course(root, config)
     if strict and (problems := course.problems()):
         raise CourseLayoutError(f"{root}: " + "; ".join(problems))

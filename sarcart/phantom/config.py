@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sarcart.errors import ConfigError
+from sarcart.config import load_model, validate_model
 
 SiteName = Literal["retroperitoneum", "upper_extremity", "lower_extremity"]
 SiteChoice = Literal["retroperitoneum", "upper_extremity", "lower_extremity", "mixed"]
@@ -130,36 +130,15 @@ class CohortSpec(PhantomConfig):
         return PhantomConfig(**{k: v for k, v in self.model_dump().items() if k in keys})
 
 
-def _format(exc: ValidationError, where: str) -> str:
-    msgs = [f"{'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']} (got {e.get('input')!r})"
-            for e in exc.errors()]
-    return f"{where}: " + "; ".join(msgs)
-
-
 def make_spec(**fields: object) -> CohortSpec:
     """Build a :class:`CohortSpec`, turning validation problems into :class:`ConfigError`."""
-    try:
-        return CohortSpec(**fields)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise ConfigError(_format(exc, "cohort spec") + "; see docs/phantom.md for the fields") from exc
+    return validate_model(CohortSpec, dict(fields), where="cohort spec", hint="see docs/phantom.md for the fields")
 
 
 def load_spec(path: str | os.PathLike[str], **overrides: object) -> CohortSpec:
     """Read a cohort spec YAML (unknown keys are rejected); ``overrides`` replace file values."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"spec file not found: {p}; see configs/cohorts/ for examples")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: expected a mapping of spec fields, got {type(raw).__name__}")
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return CohortSpec(**raw)
-    except ValidationError as exc:
-        raise ConfigError(_format(exc, str(p)) + "; see docs/phantom.md for the fields") from exc
+    return load_model(CohortSpec, path, what="cohort spec", hint="see docs/phantom.md for the fields; examples in "
+                      "configs/cohorts/", **overrides)
 
 
 def save_spec(spec: CohortSpec, path: str | os.PathLike[str]) -> Path:

@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sarcart.config import load_model
 from sarcart.errors import ConfigError
 
 _AET = re.compile(r"^[ -~]{1,16}$")
@@ -98,21 +98,7 @@ class ServiceConfig(BaseModel):
 
 
 def load_service_config(path: str | Path | None = None, **overrides: Any) -> ServiceConfig:
-    """Read a YAML config (optional) and apply flag overrides (``None`` values are ignored)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"service config {p} not found; see configs/service.example.yaml")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p} must hold a mapping of settings")
-    data.update({k: v for k, v in overrides.items() if v is not None and v != []})
-    try:
-        return ServiceConfig.model_validate(data)
-    except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid service configuration: {msgs}") from exc
+    """Read a YAML config (optional) and apply flag overrides (``None`` and empty lists are ignored)."""
+    overrides = {k: v for k, v in overrides.items() if v != []}
+    return load_model(ServiceConfig, path, what="service configuration", hint="see configs/service.example.yaml",
+                      **overrides)

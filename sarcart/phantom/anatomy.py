@@ -205,7 +205,8 @@ def insert_tumour(labels: np.ndarray, tf: TumourField, spec: TumourSpec, *, text
     depth = 1.0 - f
     necrosis = necrotic_core(gtv, depth, spec.necrotic_fraction, rng=rng, spacing_mm=sp)
     viable = gtv & ~necrosis
-    hyp = hypoxic_regions(viable, depth, necrosis, fraction=spec.hypoxic_fraction, rng=rng, spacing_mm=sp)
+    hyp = hypoxic_regions(viable, depth, necrosis, fraction=spec.hypoxic_fraction, rng=rng, spacing_mm=sp,
+                          placement=config.hypoxia_placement)
     if spec.edema_mm > 0:
         r_mm = float(np.cbrt(np.prod(tf.shape.semi_axes_mm))) * tf.scale
         rim = edema_rim((f - 1.0) * r_mm, spec.edema_mm, rng, spacing_mm=sp) & np.isin(box, edema_into)

@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--snr", type=float, help="mean muscle signal / noise sigma (default 20)")
     p.add_argument("--hypoxia-cnr", type=float, dest="hypoxia_cnr",
                    help="normoxic - hypoxic tumour signal / sigma (default 1; 0 = no signature)")
+    p.add_argument("--hypoxia-placement", choices=("biological", "random"), dest="hypoxia_placement",
+                   help="biological (deep, next to necrosis; default) or random (independent of position)")
     p.add_argument("--banding", action="store_true", default=None, help="add off-resonance banding")
     p.add_argument("--spacing", type=_triple, dest="spacing_mm", help="voxel size mm, e.g. 1.5,1.5,3")
     p.add_argument("--fov", type=_triple, dest="fov_mm", help="field of view mm, e.g. 400,400,430")
@@ -50,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=_synth)
 
 
-_FIELDS = ("patients", "fractions", "site", "seed", "snr", "hypoxia_cnr", "banding", "spacing_mm", "fov_mm",
+_FIELDS = ("patients", "fractions", "site", "seed", "snr", "hypoxia_cnr", "hypoxia_placement", "banding", "spacing_mm", "fov_mm",
            "genomic_link", "from_real", "shrink_per_fraction", "workers")
 
 

@@ -58,6 +58,9 @@ class PhantomConfig(BaseModel):
     b0_max_hz: float = Field(default=200.0, ge=0.0, le=2000.0, description="peak off-resonance with banding")
     hypoxia_cnr: float = Field(default=1.0, ge=0.0, le=50.0,
                                description="mean normoxic - hypoxic viable tumour signal / sigma; 0 = none")
+    hypoxia_placement: Literal["biological", "random"] = Field(
+        default="biological", description="biological: deep and next to necrosis; random: smooth random "
+        "subregions independent of depth and necrosis (a null for radiomics studies)")
     tumour_t1_ms: float = Field(default=600.0, gt=0.0, description="viable tumour T1 (UNVERIFIED)")
     tumour_t2_ms: float = Field(default=80.0, gt=0.0, description="viable tumour T2 (UNVERIFIED)")
     tumour_cc: tuple[float, float] | None = Field(default=None, description="override the site's GTV range")

@@ -108,7 +108,7 @@ def build_from_real(config: PhantomConfig, patient: PatientParams, case_dir: str
     depth = ndimage.distance_transform_edt(gtv, sampling=sp).astype(np.float32)
     viable = labels == T.TUMOUR
     hyp = hypoxic_regions(viable, depth, labels == T.NECROSIS, fraction=patient.hypoxic_fraction, rng=rng,
-                          spacing_mm=sp)
+                          spacing_mm=sp, placement=config.hypoxia_placement)
     if patient.edema_mm > 0:
         outside = ndimage.distance_transform_edt(~gtv, sampling=sp).astype(np.float32)
         rim = edema_rim(outside, patient.edema_mm, rng, spacing_mm=sp) & np.isin(labels, (T.MUSCLE, T.FAT))

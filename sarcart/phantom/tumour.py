@@ -130,11 +130,19 @@ def necrotic_core(gtv: np.ndarray, depth: np.ndarray, fraction: float, *, rng: n
 
 
 def hypoxic_regions(viable: np.ndarray, depth: np.ndarray, necrosis: np.ndarray, *, fraction: float,
-                    rng: np.random.Generator, spacing_mm: tuple[float, float, float]) -> np.ndarray:
-    """Hypoxic subregions: ``fraction`` of the viable tumour, preferring deep voxels and the
-    neighbourhood of necrosis (far from the vascularised rim), with smooth random variation."""
+                    rng: np.random.Generator, spacing_mm: tuple[float, float, float],
+                    placement: str = "biological") -> np.ndarray:
+    """Hypoxic subregions: ``fraction`` of the viable tumour.
+
+    ``biological`` prefers deep voxels and the neighbourhood of necrosis (far from the vascularised
+    rim), with smooth random variation; ``random`` takes smooth random subregions independent of
+    depth and necrosis, so that nothing but an image signature can reveal them.
+    """
     if fraction <= 0.0 or not viable.any():
         return np.zeros_like(viable)
+    if placement == "random":
+        noise = _box_noise(viable.shape, rng, corr_vox=_vox(7.0, spacing_mm))
+        return select_fraction(-noise, viable, fraction)
     near_nec = (ndimage.gaussian_filter(necrosis.astype(np.float32), _vox(6.0, spacing_mm), truncate=2.5)
                 if necrosis.any() else np.zeros(viable.shape, dtype=np.float32))
     noise = _box_noise(viable.shape, rng, corr_vox=_vox(7.0, spacing_mm))

@@ -1,0 +1,148 @@
+"""Benchmark: per-fraction re-optimisation, influence recomputation and dose painting (sarcart.dose).
+
+On a synthetic retroperitoneal patient from ``sarcart synth`` (3 mm grid, 15 beams):
+
+1. plan fx00 from scratch (reference plan);
+2. re-plan fx01 warm-started from fx00 (the online adaptive case), timed end to end: influence
+   (ray tracing + sparse matrix), optimisation, leaf sequencing + segment MU, final dose from the
+   segments on every voxel of the calculation volume;
+3. dose painting on fx01: the hypoxic sub-volume grown by 3 mm gets 60 Gy, the rest of the PTV 48 Gy,
+   a 5 mm linear ramp between; QF and the fraction of voxels within +-5 % after sequencing with the
+   bowel and kidney limits met, and again after a 2 mm set-up shift (dose shifted along +-x, +-y, +-z).
+
+Run:  .venv/bin/python benchmarks/bench_dose_reopt.py [--cohort DIR] [--repeats N] [--device cpu|cuda]
+(without --cohort a one-patient cohort is generated with ``sarcart synth`` into a temporary folder).
+The table printed at the end is what goes into BENCHMARKS.md. Research only: the beam model is not
+commissioned on MR-linac data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from sarcart.dose.evaluation import painting_quality
+from sarcart.dose.outputs import plan_metrics
+from sarcart.dose.plan import PlanResult, plan_fraction, plan_state
+from sarcart.dose.prescription import PaintingSpec, load_prescription
+from sarcart.io.labels import labels_to_masks, read_labels
+from sarcart.io.nifti import read_mask, read_nifti
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = ("BODY", "GTV", "BOWEL", "KIDNEY_L", "KIDNEY_R", "BONE", "GAS")
+
+
+def _cohort(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    out = Path(tempfile.mkdtemp(prefix="sarcart-bench-")) / "cohort"
+    subprocess.run([sys.executable, "-m", "sarcart.cli", "synth", "--out", str(out), "--patients", "1",
+                    "--fractions", "1", "--site", "retroperitoneum", "--spacing", "3,3,3", "--seed", "0",
+                    "--no-progress", "--workers", "1"], check=True, cwd=REPO)
+    return out
+
+
+def _fraction(patient: Path, k: int) -> tuple:
+    fx = patient / f"fx{k:02d}"
+    image = read_nifti(fx / "image.nii.gz")
+    labels, spec = read_labels(fx / "labels.nii.gz")
+    masks = {n: m for n, m in labels_to_masks(labels, spec).items() if n in NAMES and m.array.any()}
+    if (fx / "hypoxia.nii.gz").is_file():
+        masks["HYPOXIA"] = read_mask(fx / "hypoxia.nii.gz")
+    return image, masks
+
+
+def _row(label: str, r: PlanResult, total_s: float) -> dict[str, object]:
+    m = plan_metrics(r)
+    s = m["structures"]
+    cons = {c["structure"]: c for c in m["constraints"]}
+    return {"case": label, "PTV cc": s["PTV"]["volume_cc"], "beamlets": int(r.info["n_bixels"]),
+            "grid": "x".join(str(n) for n in r.dose.geometry.shape), "calc voxels": int(r.info["n_points_body"]),
+            "opt voxels": int(r.info["n_points_opt"]), "segments": len(r.segments),
+            "iterations": int(r.info["iterations"]), **{f"{k} s": v for k, v in r.timings_s.items()},
+            "total s": total_s, "PTV D95": s["PTV"]["D95_gy"], "PTV D2": s["PTV"]["D2_gy"],
+            "bowel V35.5 cc": cons.get("BOWEL", {}).get("value", float("nan")),
+            "limits met": all(c["met"] for c in m["constraints"]),
+            "seq. loss": f"{r.info['objective_fluence']:.3g}->{r.info['objective_segments']:.3g}"}
+
+
+def _shifted_quality(r: PlanResult) -> dict[str, float]:
+    """QF / within-5 % with the dose shifted by 2 mm along each axis (worst and mean over 6 shifts)."""
+    pmap, target = r.painting_map.array, r.masks[r.prescription.target].array
+    sel = target & (pmap > 0)
+    course = r.course_dose.array
+    qfs, w5 = [], []
+    for axis in range(3):
+        for sign in (-1, 1):
+            shift = [0.0, 0.0, 0.0]
+            shift[axis] = sign * 2.0 / r.dose.geometry.spacing_mm[axis]
+            moved = ndimage.shift(course, shift, order=1, mode="nearest")
+            q = painting_quality(moved[sel], pmap[sel])
+            qfs.append(q["qf"])
+            w5.append(q["within_5pct"])
+    return {"QF mean": float(np.mean(qfs)), "QF worst": float(np.max(qfs)),
+            "within5 mean": float(np.mean(w5)), "within5 worst": float(np.min(w5))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cohort", type=Path, help="a sarcart synth cohort (retroperitoneal patient first)")
+    ap.add_argument("--repeats", type=int, default=1, help="repeats of the warm re-optimisation (median reported)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    patient = next(p for p in sorted(_cohort(args.cohort).iterdir()) if p.is_dir() and (p / "fx00").is_dir())
+    presc = load_prescription(REPO / "configs/prescriptions/retroperitoneum_48gy_6fx.yaml")
+    rows = []
+    image0, masks0 = _fraction(patient, 0)
+    t = time.perf_counter()
+    ref = plan_fraction(image0, masks0, presc, device=args.device)
+    rows.append(_row("fx00 cold", ref, time.perf_counter() - t))
+    image1, masks1 = _fraction(patient, 1)
+    state = {k: np.asarray(v) for k, v in plan_state(ref).items()}
+    runs = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        r1 = plan_fraction(image1, masks1, presc, warm_start=state, device=args.device)
+        runs.append((time.perf_counter() - t, r1))
+    total, r1 = sorted(runs, key=lambda x: x[0])[len(runs) // 2]
+    rows.append(_row(f"fx01 warm (median of {args.repeats})", r1, total))
+    painted = presc.model_copy(update={"painting": PaintingSpec(boost_structure="HYPOXIA", boost_gy=60.0, grow_mm=3.0,
+                                                                ramp_mm=5.0, weight=50.0)})
+    t = time.perf_counter()
+    rp = plan_fraction(image1, masks1, painted, warm_start={k: np.asarray(v) for k, v in plan_state(r1).items()},
+                       device=args.device)
+    rows.append(_row("fx01 painted 60/48 Gy", rp, time.perf_counter() - t))
+    q = plan_metrics(rp)["painting"]
+    shifted = _shifted_quality(rp)
+    _print(rows, q, shifted, image1)
+    return 0
+
+
+def _print(rows: list[dict[str, object]], q: dict, shifted: dict, image) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)
+    print(f"# sarcart dose benchmark - {os.cpu_count()} CPU(s) visible, torch threads {torch.get_num_threads()}, "
+          f"load avg {os.getloadavg()[0]:.1f}; image {image.geometry.shape} at {image.geometry.spacing_mm} mm")
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |")
+    print(f"\npainting after sequencing (limits met: {rows[-1]['limits met']}): QF {q['qf']:.4f} "
+          f"(score {q['qf_score']:.1f}), within +-5 %: {100 * q['within_5pct']:.1f} %")
+    print(f"with a 2 mm set-up shift (6 directions): QF mean {shifted['QF mean']:.4f}, worst {shifted['QF worst']:.4f}; "
+          f"within +-5 % mean {100 * shifted['within5 mean']:.1f} %, worst {100 * shifted['within5 worst']:.1f} %")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

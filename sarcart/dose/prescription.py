@@ -1,0 +1,99 @@
+"""Prescription files (``configs/prescriptions/*.yaml``): dose, fractionation, objectives, hard limits, painting.
+
+All doses in a prescription file are *course totals* (Gy over all fractions, as clinicians write
+them); the planner optimises one fraction and divides by ``fractions`` internally. Unknown keys are
+rejected. See docs/dose.md for the shipped files and how their limits were converted.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sarcart.dose.objectives import Constraint, Objective
+from sarcart.errors import ConfigError
+
+
+class PaintingSpec(BaseModel):
+    """A boost sub-volume painted to a higher dose, with a linear ramp to the base prescription."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    boost_structure: str = "HYPOXIA"
+    boost_gy: float = Field(gt=0, description="course dose to the grown boost structure")
+    grow_mm: float = Field(3.0, ge=0, description="margin added to the boost structure")
+    ramp_mm: float = Field(5.0, ge=0, description="linear ramp from boost to base dose")
+    weight: float = Field(50.0, ge=0)
+
+
+class PlanSettings(BaseModel):
+    """Engine and optimiser settings of a prescription."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    dose_grid_mm: float = Field(3.0, gt=0)
+    n_beams: int = Field(15, ge=1, le=72)
+    first_gantry_deg: float = 0.0
+    bixel_margin_mm: float = Field(5.0, ge=0)
+    max_iter: int = Field(100, ge=1, description="L-BFGS iterations per constraint round")
+    outer_rounds: int = Field(4, ge=1, description="constraint rounds (penalty x10 while a limit is violated)")
+    method: Literal["lbfgs", "adam"] = "lbfgs"
+    smoothing: float = Field(0.02, ge=0, description="weight of the fluence smoothness penalty")
+    levels: int = Field(10, ge=2, description="intensity levels for leaf sequencing")
+    ring_inner_mm: float = Field(5.0, ge=0)
+    ring_outer_mm: float = Field(20.0, gt=0)
+    ring_max_fraction: float = Field(0.75, gt=0, description="ring max dose as a fraction of the prescription")
+    body_max_fraction: float = Field(1.05, gt=0)
+    calc_margin_mm: float = Field(100.0, gt=0, description="dose is computed in the BODY within the PTV box + this")
+    second_check: bool = True
+
+
+class PlanPrescription(BaseModel):
+    """Contents of a prescription YAML file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    site: str = ""
+    description: str = ""
+    dose_gy: float = Field(gt=0, le=100, description="course dose to the target")
+    fractions: int = Field(ge=1, le=50)
+    target: str = "PTV"
+    gtv: str = "GTV"
+    ptv_margin_mm: float = Field(3.0, ge=0, le=30)
+    objectives: list[Objective] = Field(default_factory=list)
+    constraints: list[Constraint] = Field(default_factory=list)
+    painting: PaintingSpec | None = None
+    alpha_beta_gy: dict[str, float] = Field(default_factory=dict)
+    settings: PlanSettings = Field(default_factory=PlanSettings)
+
+    @property
+    def dose_per_fraction_gy(self) -> float:
+        return self.dose_gy / self.fractions
+
+    def per_fraction(self) -> tuple[list[Objective], list[Constraint]]:
+        """Objectives and constraints with every dose divided by the number of fractions."""
+        f = 1.0 / self.fractions
+        objs = [o.model_copy(update={"dose_gy": o.dose_gy * f}) for o in self.objectives]
+        cons = [c.model_copy(update={"dose_gy": c.dose_gy * f}) for c in self.constraints]
+        return objs, cons
+
+
+def load_prescription(path: str | os.PathLike[str]) -> PlanPrescription:
+    """Read and validate a prescription YAML file.
+
+    Raises:
+        ConfigError: missing file, invalid YAML, unknown keys, values out of range.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"prescription file not found: {p}; see configs/prescriptions/ for examples")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+        return PlanPrescription.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors())
+        raise ConfigError(f"{p}: {msgs}") from exc

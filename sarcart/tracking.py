@@ -127,3 +127,124 @@ def log_config(config: Any, *, artifact_file: str = "config.json") -> None:
         raise ConfigError(f"config must be a pydantic model, dataclass or mapping, got {type(config).__name__}")
     mlflow.log_params(flatten_params(data))
     mlflow.log_dict(data, artifact_file)
+
+
+# ---------------------------------------------------------------------------- model registry
+CHAMPION_ALIAS = "champion"
+
+
+def register_model(model_uri: str, name: str, *, tags: Mapping[str, Any] | None = None,
+                   store: str | os.PathLike[str] | None = None) -> str:
+    """Register a logged model (``runs:/...`` or ``models:/m-...``) as a new version of ``name``.
+
+    Returns:
+        The new version number (as a string).
+    """
+    import mlflow
+
+    if not name.strip():
+        raise ConfigError(f"registered model name must be non-empty, got {name!r}")
+    configure(store)
+    mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
+    log.info("registered %s version %s", name, mv.version)
+    return str(mv.version)
+
+
+def alias_version(name: str, alias: str = CHAMPION_ALIAS, *, store: str | os.PathLike[str] | None = None) -> Any:
+    """The model version holding ``alias`` (an MLflow ``ModelVersion``), or None."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri=configure(store))
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def cases_key(cases: list[str]) -> str:
+    """Order-independent fingerprint of a set of validation cases (already pseudonymised or not)."""
+    return hashlib.sha256("|".join(sorted(set(cases))).encode()).hexdigest()[:16]
+
+
+def _compare(name: str, current: Any, *, score: float, cases: str, evaluate: Any, alias: str) -> dict[str, Any]:
+    """The new score against the current alias holder's score on the same cases."""
+    import math
+
+    out: dict[str, Any] = {"previous": str(current.version), "previous_score": None}
+    prev: float | None = None
+    how = ""
+    if current.tags.get("val_cases") == cases:
+        prev, how = float(current.tags.get("val_score", "nan")), "its recorded score on the same cases"
+    elif evaluate is not None:
+        prev = float(evaluate(f"models:/{name}/{current.version}"))
+        how = "re-scored on the new version's validation cases"
+    out["previous_score"] = prev
+    if prev is None:
+        out["reason"] = f"{alias} v{current.version} was validated on other cases and cannot be re-scored"
+    elif not math.isfinite(score):
+        out["reason"] = "the new version has no validation score"
+    elif math.isfinite(prev) and score <= prev:
+        out["reason"] = f"score {score:.4f} does not beat v{current.version}'s {prev:.4f} ({how})"
+    else:
+        out.update(promoted=True, reason=f"score {score:.4f} beats v{current.version}'s {prev:.4f} ({how})")
+    return out
+
+
+def promote_if_better(
+    name: str,
+    version: str,
+    *,
+    score: float,
+    cases: str,
+    evaluate: Any = None,
+    alias: str = CHAMPION_ALIAS,
+    store: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Move ``alias`` to ``version`` only when it beats the current holder on the same validation cases.
+
+    Args:
+        name: registered model name (``sarcart-<task>``).
+        version: the new version.
+        score: the new version's validation score (higher is better; NaN when it was not validated).
+        cases: :func:`cases_key` of the validation cases ``score`` was computed on.
+        evaluate: optional callable ``model_uri -> score`` that scores another version on the same
+            cases; used when the current champion was validated on different cases. Without it such
+            a champion is kept.
+
+    Returns:
+        The decision: ``{"promoted", "version", "previous", "score", "previous_score", "reason"}``;
+        it is also written as tags on the new version.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=configure(store))
+    client.set_model_version_tag(name, version, "val_score", f"{score:.6f}")
+    client.set_model_version_tag(name, version, "val_cases", cases)
+    current = alias_version(name, alias, store=store)
+    decision: dict[str, Any] = {"promoted": False, "version": version, "previous": None, "score": score,
+                                "previous_score": None, "reason": ""}
+    if current is None:
+        decision.update(promoted=True, reason=f"no {alias} yet")
+    elif str(current.version) == str(version):
+        decision.update(previous=version, reason=f"already {alias}")
+    else:
+        decision.update(_compare(name, current, score=score, cases=cases, evaluate=evaluate, alias=alias))
+    if decision["promoted"]:
+        client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, f"{alias}_decision", decision["reason"][:5000])
+    log.info("%s v%s: %s %s", name, version, "promoted to" if decision["promoted"] else "not", alias)
+    return decision
+
+
+def registry_version(model_uri: str, *, store: str | os.PathLike[str] | None = None) -> str | None:
+    """The version number a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI points to (else None)."""
+    if not model_uri.startswith("models:/"):
+        return None
+    ref = model_uri[len("models:/"):]
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        mv = alias_version(name, alias, store=store)
+        return str(mv.version) if mv is not None else None
+    parts = ref.split("/")
+    return parts[1] if len(parts) == 2 and parts[1].isdigit() else None

@@ -1,0 +1,210 @@
+"""The predictor: a model loaded once and kept warm, images in, structures out on the image's grid.
+
+``segment_image`` is the pure function; :class:`Predictor` holds the loaded network (from a shipped
+name, a path or an MLflow URI, see :func:`sarcart.models.bundle.resolve_model`) so that the
+per-fraction service pays the loading cost once. Steps: reorient/resample/normalise as in training
+(:mod:`sarcart.training.preprocess`), sliding-window inference with optional mirroring TTA and
+bf16/fp16 autocast on CUDA, probabilities back to the original grid, argmax, anatomy-aware
+post-processing (:mod:`sarcart.inference.postprocess`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+from sarcart.errors import ConfigError, InvalidImageError
+from sarcart.inference.postprocess import SINGLE_COMPONENT, SOLID, postprocess
+from sarcart.io.geometry import Volume
+from sarcart.io.labels import LabelSpec
+from sarcart.models.bundle import ModelBundle, load_bundle, resolve_model
+from sarcart.training.predict import predict_volume
+from sarcart.training.preprocess import body_mask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """How to run a model.
+
+    Attributes:
+        tta: average over mirrorings along the plan's allowed flip axes (2^n passes).
+        device: ``cpu``, ``cuda``, ``cuda:1``...; None = CUDA when available.
+        precision: ``auto`` = bf16 on CUDA when supported, else fp16 on CUDA, fp32 on CPU.
+        sw_batch_size: windows per forward pass.
+        postprocess: apply the anatomy rules (largest component, holes, left/right kidneys); a
+            bundle's ``meta["postprocess"]`` (``{"largest_component": [...], "fill_holes": [...]}``)
+            narrows the structures they apply to.
+        keep_probabilities: return the class probabilities (float16) on the image grid.
+    """
+
+    tta: bool = False
+    device: str | None = None
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    sw_batch_size: int = 2
+    postprocess: bool = True
+    keep_probabilities: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sw_batch_size < 1:
+            raise ConfigError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
+
+
+@dataclass
+class Segmentation:
+    """Result of one image.
+
+    Attributes:
+        labels: uint8 label map on the input grid (0 background, k+1 = ``structures[k]``).
+        structures: structure names in label order.
+        probabilities: ``(C, nx, ny, nz)`` float16 when kept, else None.
+        model, version: which model produced it.
+        notes: post-processing actions, in words.
+        seconds: wall time of the prediction.
+    """
+
+    labels: Volume
+    structures: list[str]
+    probabilities: np.ndarray | None = None
+    model: str = ""
+    version: str = ""
+    tta: bool = False
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def spec(self) -> LabelSpec:
+        return LabelSpec(values={k: s for k, s in enumerate(self.structures, 1)},
+                         structures={s: (k,) for k, s in enumerate(self.structures, 1)})
+
+    def mask(self, name: str) -> Volume:
+        k = self.structures.index(name) + 1
+        return self.labels.with_array(self.labels.array == k)
+
+    @property
+    def masks(self) -> dict[str, Volume]:
+        return {s: self.mask(s) for s in self.structures}
+
+    def volumes_cc(self) -> dict[str, float]:
+        vox = self.labels.geometry.voxel_volume_cc
+        return {s: float((self.labels.array == k).sum() * vox) for k, s in enumerate(self.structures, 1)}
+
+
+def _device(cfg: PredictorConfig) -> torch.device:
+    if cfg.device:
+        return torch.device(cfg.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _amp_dtype(cfg: PredictorConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or cfg.precision == "fp32":
+        return None
+    if cfg.precision == "fp16":
+        return torch.float16
+    if cfg.precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _label_map(masks: dict[str, np.ndarray], structures: list[str], shape: tuple[int, ...]) -> np.ndarray:
+    labels = np.zeros(shape, dtype=np.uint8)
+    for k in range(len(structures), 0, -1):  # the first structure wins where masks overlap
+        labels[masks[structures[k - 1]]] = k
+    return labels
+
+
+def segment_image(image: Volume, bundle: ModelBundle, network: nn.Module | None = None,
+                  *, config: PredictorConfig | None = None) -> Segmentation:
+    """Segment one image with a model bundle.
+
+    Args:
+        image: scalar 3D volume (any orientation and spacing; LPS mm geometry).
+        bundle: the model (plan + weights).
+        network: the bundle's network already on its device (built here when None).
+        config: TTA, device, precision, post-processing.
+
+    Returns:
+        A :class:`Segmentation` on ``image``'s grid.
+
+    Raises:
+        InvalidImageError: a non-scalar or non-finite image.
+    """
+    cfg = config or PredictorConfig()
+    if image.array.ndim != 3:
+        raise InvalidImageError(f"image must be a scalar 3D volume, got shape {image.array.shape}")
+    t0 = time.perf_counter()
+    device = _device(cfg)
+    net = network if network is not None else bundle.network(device)
+    device = next(net.parameters()).device
+    probs, _ = predict_volume(net, image, bundle.plan, tta=cfg.tta, sw_batch_size=cfg.sw_batch_size,
+                              amp_dtype=_amp_dtype(cfg, device))
+    arg = np.argmax(probs, axis=0)
+    structures = list(bundle.plan.structures)
+    masks = {s: arg == k for k, s in enumerate(structures, 1)}
+    notes: list[str] = []
+    if cfg.postprocess:
+        body = body_mask(image.array.astype(np.float32), bundle.plan.normalisation)
+        cx = float(image.geometry.index_to_world(np.asarray(ndimage.center_of_mass(body)))[0]) if body.any() else None
+        rules = bundle.meta.get("postprocess") or {}
+        masks, notes = postprocess(
+            masks, image.geometry, body_centre_x_mm=cx,
+            single_component=tuple(rules.get("largest_component", SINGLE_COMPONENT)),
+            solid=tuple(rules.get("fill_holes", SOLID)),
+        )
+    labels = image.with_array(_label_map(masks, structures, image.geometry.shape))
+    return Segmentation(
+        labels=labels, structures=structures,
+        probabilities=probs.astype(np.float16) if cfg.keep_probabilities else None,
+        model=bundle.name, version=bundle.version, tta=cfg.tta, notes=notes, seconds=time.perf_counter() - t0,
+    )
+
+
+class Predictor:
+    """A model loaded once (kept warm) for repeated segmentation.
+
+    Args:
+        model: shipped name (``gtv-t1``, ``trufi``), bundle path/folder, or MLflow URI
+            (``models:/sarcart-trufi@champion``).
+        config: see :class:`PredictorConfig`.
+
+    Example:
+        >>> pred = Predictor("gtv-t1")                       # doctest: +SKIP
+        >>> seg = pred(read_nifti("image.nii.gz"))           # doctest: +SKIP
+        >>> seg.volumes_cc()                                  # doctest: +SKIP
+    """
+
+    def __init__(self, model: str | os.PathLike[str], *, config: PredictorConfig | None = None) -> None:
+        self.config = config or PredictorConfig()
+        self.source = str(model)
+        self.bundle_path: Path = resolve_model(model)
+        self.bundle = load_bundle(self.bundle_path)
+        if str(model).startswith("models:/"):
+            from sarcart import tracking
+
+            self.bundle.meta["registry_uri"] = str(model)
+            self.bundle.meta["version"] = tracking.registry_version(str(model)) or self.bundle.version
+        self.device = _device(self.config)
+        self.network = self.bundle.network(self.device)
+        log.info("loaded %s (%s) on %s", self.bundle.name, self.bundle_path, self.device)
+
+    @property
+    def structures(self) -> list[str]:
+        return list(self.bundle.plan.structures)
+
+    def __call__(self, image: Volume) -> Segmentation:
+        return segment_image(image, self.bundle, self.network, config=self.config)
+
+    def masks(self, image: Volume) -> dict[str, np.ndarray]:
+        """``{structure: boolean array}`` on the image grid (the evaluation interface)."""
+        seg = self(image)
+        return {s: seg.labels.array == k for k, s in enumerate(seg.structures, 1)}

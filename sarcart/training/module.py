@@ -1,0 +1,159 @@
+"""LightningModule: network from the plan, Dice + cross-entropy with deep supervision, poly LR.
+
+Loss: soft Dice over the foreground classes, computed over the whole batch, plus cross-entropy
+(Milletari et al., 3DV 2016, doi 10.1109/3DV.2016.79; nnU-Net's combination, Isensee et al. 2021,
+doi 10.1038/s41592-020-01008-z). With deep supervision every head is scored against the full
+resolution labels with weights 1, 1/2, 1/4, ... (normalised). Validation runs sliding-window
+inference on whole volumes and logs the mean foreground Dice on the plan grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from monai.losses import DiceCELoss
+from monai.metrics import compute_dice
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from sarcart.models.networks import build_network
+from sarcart.models.plan import Plan
+from sarcart.training.config import OptimConfig
+from sarcart.training.predict import sliding_window_probs
+
+log = logging.getLogger(__name__)
+
+#: window overlap of the in-training validation (cheaper than the plan's; the final per-case
+#: validation after training uses the plan's overlap, as deployed)
+VAL_OVERLAP = 0.25
+
+
+def poly_lr(step: int, total: int, *, power: float, warmup: int = 0) -> float:
+    """Learning-rate factor: linear warm-up, then ``(1 - step/total) ** power``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, 1.0 - step / max(total, 1)) ** power
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains the plan's network.
+
+    Args:
+        plan: the plan as a JSON dict (saved in checkpoints as a hyper-parameter).
+        optim: optimiser settings as a dict (:class:`OptimConfig`).
+    """
+
+    def __init__(self, plan: dict[str, Any], optim: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)  # the resolved config and plan are logged by train()
+        self.plan = Plan.model_validate(plan)
+        self.optim_cfg = OptimConfig.model_validate(optim)
+        self.net = build_network(self.plan.network, out_channels=self.plan.n_classes)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        self.epoch_losses: list[float] = []
+        self._sum, self._n = 0.0, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if out.ndim == 6:  # DynUNet deep supervision: (B, heads, C, X, Y, Z)
+            heads = torch.unbind(out, dim=1)
+            w = torch.tensor([0.5 ** i for i in range(len(heads))])
+            w = w / w.sum()
+            return sum(float(wi) * self.loss_fn(h, y) for wi, h in zip(w, heads))  # type: ignore[return-value]
+        return self.loss_fn(out, y)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch["image"], batch["label"].long()
+        loss = self._loss(self.net(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=False, batch_size=x.shape[0],
+                 sync_dist=True)
+        self._sum += float(loss.detach())
+        self._n += 1
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._n:
+            self.epoch_losses.append(self._sum / self._n)
+        self._sum, self._n = 0.0, 0
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_epoch=True, sync_dist=True)  # type: ignore[union-attr]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        probs = sliding_window_probs(self.net, batch["image"][0], self.plan, overlap=VAL_OVERLAP)
+        pred = torch.argmax(probs, dim=0)
+        y = batch["label"][0, 0].long().to(pred.device)
+        c = self.plan.n_classes
+        onehot_p = torch.nn.functional.one_hot(pred, c).permute(3, 0, 1, 2)[None].float()
+        onehot_y = torch.nn.functional.one_hot(y, c).permute(3, 0, 1, 2)[None].float()
+        dice = compute_dice(onehot_p, onehot_y, include_background=False)[0]
+        for k, name in enumerate(self.plan.structures):
+            if torch.isfinite(dice[k]):
+                self.log(f"val_dice_{name}", dice[k], on_epoch=True, batch_size=1, sync_dist=True)
+        finite = dice[torch.isfinite(dice)]
+        if finite.numel():
+            self.log("val_dice", finite.mean(), on_epoch=True, batch_size=1, sync_dist=True, prog_bar=True)
+
+    def configure_optimizers(self) -> Any:
+        o = self.optim_cfg
+        if o.name == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(self.parameters(), lr=o.lr, momentum=o.momentum,
+                                                         nesterov=True, weight_decay=o.weight_decay)
+        else:
+            opt = torch.optim.AdamW(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        total = self.plan.schedule.epochs * self.plan.schedule.iterations_per_epoch
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: poly_lr(s, total, power=o.poly_power, warmup=o.warmup_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class EpochProgress(Callback):
+    """One progress bar over epochs (stderr) and one log line per epoch, on rank 0 only."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._bar: Progress | None = None
+        self._task: Any = None
+        self._t0 = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        if self.enabled:
+            cols = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn())
+            self._bar = Progress(*cols, console=Console(stderr=True))
+            self._bar.start()
+            self._task = self._bar.add_task("epochs", total=trainer.max_epochs, completed=trainer.current_epoch,
+                                            info="")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        loss = float(m["train_loss"]) if "train_loss" in m else float("nan")
+        val = f" val_dice {float(m['val_dice']):.3f}" if "val_dice" in m else ""
+        info = f"loss {loss:.4f}{val}"
+        log.info("epoch %d/%d %s (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs, info,
+                 time.perf_counter() - self._t0)
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, info=info)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

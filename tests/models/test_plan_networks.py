@@ -1,0 +1,148 @@
+"""Plans from fingerprints (hand-derived topologies and budgets), networks by name, bundles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sarcart.errors import ConfigError
+from sarcart.models.bundle import ModelBundle, load_bundle, resolve_model, save_bundle
+from sarcart.models.networks import build_network, main_output
+from sarcart.models.plan import (
+    Budget,
+    Fingerprint,
+    NetworkPlan,
+    Plan,
+    cost_gflop,
+    divisor,
+    memory_mb,
+    topology,
+)
+from sarcart.models.planner import make_plan
+
+
+def _fp(structures=("GTV",), spacing=(0.98, 0.98, 3.27), shape=(140, 140, 56), n=10) -> Fingerprint:
+    return Fingerprint(n_cases=n, structures=list(structures), spacings_mm=[spacing] * n, shapes=[shape] * n,
+                       intensity={"mean": 1.0, "std": 1.0, "p00_5": 0.0, "p50": 1.0, "p99_5": 2.0},
+                       structure_volumes_cc={s: [100.0] * n for s in structures})
+
+
+def test_topology_matches_the_nnunet_rule_derived_by_hand():
+    # spacing (1, 1, 3): x/y are halved first; z joins once x/y reach 2 mm (3 <= 2 * 2)
+    kernels, strides = topology((1.0, 1.0, 3.0), (128, 128, 32), max_levels=5)
+    assert strides == [(1, 1, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2)]
+    # kernels are 1 across z while z is more than twice as coarse (3 > 2 * 1), 3 afterwards
+    assert kernels == [(3, 3, 1), (3, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)]
+    assert divisor(strides) == (16, 16, 8)
+    # a small axis stops downsampling when its map would fall under 4 voxels
+    _, strides = topology((1.0, 1.0, 1.0), (64, 64, 8), max_levels=5)
+    # z: 8 -> 4 once, then no more; x/y stop once they are more than twice as coarse as z (8 mm vs 2 mm)
+    assert strides == [(1, 1, 1), (2, 2, 2), (2, 2, 1), (2, 2, 1)]
+
+
+def test_cost_of_a_one_level_network_by_hand():
+    # one level, 3^3 kernels, 1 -> 4 channels on 10^3 voxels:
+    # encoder 27 * (1*4 + 4*4) = 540, decoder 27 * 3 * 16 = 1296 MACs/voxel; x2 FLOP, x1000 voxels, x3 train
+    got = cost_gflop((10, 10, 10), [(3, 3, 3)], [(1, 1, 1)], filters=[4])
+    assert got == pytest.approx(3 * 2 * 1000 * (540 + 1296) / 1e9)
+    assert memory_mb((10, 10, 10), [(1, 1, 1)], [4], batch=2) == pytest.approx(1000 * 4 * 12 * 4 * 2 / 2 ** 20)
+
+
+def test_plan_keeps_the_median_spacing_when_the_budget_allows_it():
+    plan = make_plan(_fp(), Budget(time_budget_min=10_000, memory_budget_mb=1e6, min_iterations=10), task="t")
+    assert plan.target_spacing_mm == pytest.approx((0.98, 0.98, 3.27))
+    div = divisor(plan.network.strides)
+    assert all(p % d == 0 for p, d in zip(plan.patch_size, div))
+    assert all(p >= s for p, s in zip(plan.patch_size, (140, 140, 56)))  # the whole median image fits
+
+
+def test_a_small_budget_coarsens_the_fine_axes_and_the_plan_fits_it():
+    budget = Budget(time_budget_min=30, throughput_gflops=40, min_iterations=1500)
+    plan = make_plan(_fp(), budget, task="t")
+    assert plan.target_spacing_mm[0] > 0.98 and plan.target_spacing_mm[2] == pytest.approx(3.27)
+    sec = cost_gflop(plan.patch_size, plan.network.kernel_size, plan.network.strides,
+                      filters=plan.network.filters) * 2 / 40
+    assert sec == pytest.approx(plan.schedule.est_seconds_per_iteration, rel=1e-2)
+    iters = plan.schedule.epochs * plan.schedule.iterations_per_epoch
+    assert iters >= 1500 - plan.schedule.iterations_per_epoch
+    assert iters * sec <= 30 * 60 * budget.train_fraction + 1e-6
+    assert memory_mb(plan.patch_size, plan.network.strides, plan.network.filters, batch=2) <= budget.memory_budget_mb
+    assert any("coarsened" in d for d in plan.decisions)
+
+
+@pytest.mark.parametrize("structures, axes", [
+    (("GTV",), (0, 1, 2)),
+    (("GTV", "BOWEL", "KIDNEY_L", "KIDNEY_R"), ()),
+    (("GTV", "KIDNEY_L", "KIDNEY_R"), ()),
+])
+def test_flips_follow_anatomy(structures, axes):
+    assert make_plan(_fp(structures), task="t").flip_axes == axes
+
+
+def test_plan_json_round_trip_and_unknown_keys(tmp_path):
+    plan = make_plan(_fp(), task="t")
+    p = plan.save(tmp_path / "plan.json")
+    assert Plan.load(p) == plan
+    data = plan.model_dump(mode="json")
+    data["surprise"] = 1
+    with pytest.raises(ValueError, match="surprise"):
+        Plan.model_validate(data)
+
+
+def _net_plan(name: str) -> NetworkPlan:
+    return NetworkPlan(name=name, kernel_size=[(3, 3, 3)] * 3, strides=[(1, 1, 1), (2, 2, 2), (2, 2, 2)],
+                       filters=[4, 8, 16], deep_supervision=name == "DynUNet", deep_supr_num=1)
+
+
+@pytest.mark.parametrize("name", ["DynUNet", "SegResNet", "UNet"])
+def test_networks_by_name_map_patches_to_class_logits(name):
+    torch.manual_seed(0)
+    net = build_network(_net_plan(name), out_channels=3)
+    x = torch.randn(2, 1, 16, 16, 16)
+    net.eval()
+    with torch.no_grad():
+        assert net(x).shape == (2, 3, 16, 16, 16)
+    if name == "DynUNet":
+        net.train()
+        out = net(x)
+        assert out.shape == (2, 2, 3, 16, 16, 16)  # main head + one deep-supervision head
+        assert main_output(out).shape == (2, 3, 16, 16, 16)
+
+
+def test_unknown_network_is_refused():
+    with pytest.raises(ConfigError, match="out_channels"):
+        build_network(_net_plan("UNet"), out_channels=1)
+
+
+def test_bundle_round_trip_gives_the_same_outputs(tmp_path):
+    plan = make_plan(_fp(), Budget(patch_size=(16, 16, 16), target_spacing_mm=(2.0, 2.0, 2.0), base_filters=4,
+                                   max_levels=3), task="t")
+    net = build_network(plan.network, out_channels=plan.n_classes).eval()
+    b = ModelBundle(plan, net.state_dict(), {"name": "t", "version": "3"})
+    p = save_bundle(b, tmp_path / "m" / "bundle.pt")
+    back = load_bundle(p)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(net(x), back.network()(x))
+        half = load_bundle(save_bundle(b, tmp_path / "h.pt", half=True)).network()(x)
+        assert torch.allclose(net(x), half, atol=5e-2)
+    assert back.version == "3" and back.plan == plan
+    assert resolve_model(tmp_path / "m") == p  # a folder holding bundle.pt
+    (tmp_path / "junk.pt").write_bytes(b"not a bundle")
+    with pytest.raises(ConfigError, match="not a readable model bundle"):
+        load_bundle(tmp_path / "junk.pt")
+    with pytest.raises(ConfigError, match="neither a shipped model"):
+        resolve_model("no-such-model")
+
+
+def test_full_coverage_goes_isotropic_beyond_the_coarsest_axis():
+    # the whole median image (137 x 137 x 183 mm) in one patch at 40 GFLOP/s and 45 min
+    plan = make_plan(_fp(), Budget(min_coverage=1.0, throughput_gflops=40), task="t")
+    sp = plan.target_spacing_mm
+    assert sp[0] == sp[1] == sp[2] > 3.27  # coarser than the median's coarsest axis, isotropic
+    extent = np.asarray([140 * 0.98, 140 * 0.98, 56 * 3.27])
+    assert all(np.asarray(plan.patch_size) * np.asarray(sp) >= extent)
+    assert "isotropic" in plan.decisions[0]
+    coarse = make_plan(_fp(), Budget(min_coverage=1.0, throughput_gflops=40, max_spacing_mm=3.5), task="t")
+    assert max(coarse.target_spacing_mm) <= 3.5 and "no spacing" in coarse.decisions[0]

@@ -1,0 +1,217 @@
+"""End to end on CPU: train a tiny config, MLflow (temporary store), registry + champion, resume, reload, segment."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sarcart import tracking
+from sarcart.cli import main
+from sarcart.training.config import load_config
+from sarcart.training.dataset import build_dataset
+from sarcart.training.toy import toy_case, write_toy_dataset
+from sarcart.training.train import train
+
+TINY = "configs/train/tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("e2e")
+    write_toy_dataset(root / "toy", 8, seed=0, shape=(32, 32, 16))
+    rep = build_dataset(root / "toy", root / "set", structures=["GTV"], n_folds=4, seed=0)
+    store = root / "mlruns"
+    cfg = tracking.project_root() / TINY
+    rc = main(["train", "--config", str(cfg), "--datalist", str(rep.datalist), "--output-dir", str(root / "runs"),
+               "--store", str(store), "--fold", "0"])
+    assert rc == 0
+    return {"root": root, "store": store, "datalist": rep.datalist, "config": cfg,
+            "run_dir": root / "runs" / "tiny" / "fold0"}
+
+
+def _client(store):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(store))
+
+
+def test_loss_falls_and_everything_is_logged_without_patient_names(setup):
+    client = _client(setup["store"])
+    run_id = (setup["run_dir"] / "mlflow_run_id").read_text().strip()
+    run = client.get_run(run_id)
+    losses = [m.value for m in sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step)]
+    plan = json.loads((setup["run_dir"] / "plan.json").read_text())
+    assert len(losses) == plan["schedule"]["epochs"]
+    assert np.mean(losses[-2:]) < 0.75 * np.mean(losses[:2])  # the loss falls
+    assert run.data.params["budget.patch_size"] == "[32, 32, 16]"
+    assert "val_dice" in run.data.metrics and "val_case_dice_mean" in run.data.metrics
+    arts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"plan.json", "config.json", "validation"} <= arts
+    with open(client.download_artifacts(run_id, "validation/cases.json")) as f:
+        table = json.load(f)
+    cols = table["columns"]
+    cases = [row[cols.index("case")] for row in table["data"]]
+    val = [e["case"] for e in json.loads(setup["datalist"].read_text())["training"] if e["fold"] == 0]
+    assert sorted(cases) == sorted(tracking.hash_id(c) for c in val)
+    dumped = json.dumps(run.data.params) + json.dumps(run.data.tags) + json.dumps(table)
+    assert "toy_0" not in dumped  # no case names in MLflow
+
+
+def test_registered_champion_loads_back_and_segments_an_unseen_case(setup, monkeypatch, tmp_path):
+    from sarcart.inference.predictor import Predictor
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.tracking_uri(setup["store"]))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert str(tracking.alias_version("sarcart-tiny").version) == "1"
+    pred = Predictor("models:/sarcart-tiny@champion")
+    assert pred.bundle.version == "1"
+    dices = []
+    for seed in (4242, 4243, 4244):  # never seen in training
+        image, masks = toy_case(seed, shape=(32, 32, 16))
+        seg = pred(image)
+        assert seg.labels.geometry == image.geometry
+        got, ref = seg.labels.array == 1, masks["GTV"].array
+        dices.append(2 * (got & ref).sum() / (got.sum() + ref.sum()))
+    assert np.mean(dices) > 0.75, dices
+
+
+def test_champion_moves_only_for_a_better_model_on_the_same_cases(setup):
+    cfg = load_config(setup["config"]).with_updates(datalist=setup["datalist"], output_dir=setup["root"] / "runs2")
+    budget = cfg.budget.model_copy(update={"epochs": 1}).model_dump()
+    worse = train(cfg.with_updates(budget=budget), store=setup["store"], show_progress=False)
+    assert worse.model_version == "2"
+    assert worse.champion["promoted"] is False and "does not beat" in worse.champion["reason"]
+    assert str(tracking.alias_version("sarcart-tiny", store=setup["store"]).version) == "1"
+    # a champion validated on other cases is re-scored on the new version's cases by the callable
+    d = tracking.promote_if_better("sarcart-tiny", "2", score=0.9, cases="other-cases",
+                                   evaluate=lambda uri: 0.5 if uri == "models:/sarcart-tiny/1" else 1.0,
+                                   store=setup["store"])
+    assert d["promoted"] and d["previous_score"] == 0.5
+    assert str(tracking.alias_version("sarcart-tiny", store=setup["store"]).version) == "2"
+    d = tracking.promote_if_better("sarcart-tiny", "1", score=0.95, cases="third-set", store=setup["store"])
+    assert not d["promoted"] and "cannot be re-scored" in d["reason"]
+
+
+def test_a_killed_run_resumes_from_its_last_epoch_in_the_same_mlflow_run(setup, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    cfg = tmp_path / "resume.yaml"
+    cfg.write_text(setup["config"].read_text().replace("  epochs: 8", "  epochs: 4"))
+    out = tmp_path / "runs"
+    exe = Path(sys.executable).with_name("sarcart")
+    proc = subprocess.Popen([str(exe), "train", "--config", str(cfg), "--datalist", str(setup["datalist"]),
+                             "--output-dir", str(out), "--store", str(setup["store"]), "--fold", "1", "--no-register"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "tiny" / "fold1" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)  # a crash right after the first checkpoint
+    proc.wait()
+    assert last.exists()
+    import torch
+
+    done = torch.load(last, map_location="cpu", weights_only=False)["epoch"] + 1
+    assert 1 <= done < 4
+    run_id = (out / "tiny" / "fold1" / "mlflow_run_id").read_text().strip()
+    conf = load_config(cfg).with_updates(datalist=setup["datalist"], output_dir=out, fold=1, register_model=False)
+    resumed = train(conf, store=setup["store"], resume=True, show_progress=False)
+    assert resumed.run_id == run_id
+    assert len(resumed.epoch_losses) == 4 - done  # only the missing epochs ran
+    client = _client(setup["store"])
+    assert len({m.step for m in client.get_metric_history(run_id, "train_loss")}) == 4
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_segment_cli_on_a_dicom_series_writes_labels_masks_and_rtstruct(setup, monkeypatch, tmp_path):
+    from sarcart.io.dicom_series import read_dicom_series
+    from sarcart.io.dicom_write import write_dicom_series
+    from sarcart.io.labels import read_labels
+    from sarcart.io.nifti import read_mask
+    from sarcart.io.rtstruct import read_rtstruct
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.tracking_uri(setup["store"]))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    image, masks = toy_case(4243, shape=(32, 32, 16))
+    write_dicom_series(image, tmp_path / "dcm", uid_seed="toy-4243")
+    out = tmp_path / "seg"
+    assert main(["segment", "--image", str(tmp_path / "dcm"), "--model", "models:/sarcart-tiny/1", "--out", str(out)]) == 0
+    labels, spec = read_labels(out / "labels.nii.gz")
+    series = read_dicom_series(tmp_path / "dcm")
+    assert labels.geometry.is_close(series.volume.geometry, tol_mm=1e-3)
+    gtv = labels.array == spec.structures["GTV"][0]
+    assert np.array_equal(read_mask(out / "masks" / "GTV.nii.gz").array, gtv)
+    back = read_rtstruct(out / "rtstruct.dcm", series).masks["GTV"].array
+    assert 2 * (back & gtv).sum() / (back.sum() + gtv.sum()) > 0.95  # contours round trip
+    truth = masks["GTV"].array
+    assert 2 * (gtv & truth).sum() / (gtv.sum() + truth.sum()) > 0.6
+    info = json.loads((out / "segmentation.json").read_text())
+    assert info["version"] == "1" and info["volumes_cc"]["GTV"] == pytest.approx(gtv.sum() * 2 * 2 * 3 / 1000)
+
+
+def test_evaluate_cli_matches_a_direct_computation(setup, tmp_path):
+    import pandas as pd
+
+    from sarcart.inference.predictor import Predictor
+    from sarcart.io.labels import read_labels
+    from sarcart.io.nifti import read_nifti
+
+    bundle = setup["run_dir"] / "bundle.pt"
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(bundle), "--data", str(setup["datalist"]), "--fold", "0",
+                 "--out", str(out)]) == 0
+    table = pd.read_csv(out / "metrics.csv")
+    summary = json.loads((out / "summary.json").read_text())
+    entries = [e for e in json.loads(setup["datalist"].read_text())["training"] if e["fold"] == 0]
+    assert len(table) == len(entries) == summary["n_cases"]
+    pred = Predictor(bundle)
+    for e in entries:
+        image = read_nifti(setup["datalist"].parent / e["image"])
+        lab, _ = read_labels(setup["datalist"].parent / e["label"])
+        got, ref = pred.masks(image)["GTV"], lab.array == 1
+        dice = 2 * (got & ref).sum() / (got.sum() + ref.sum())
+        row = table[table.case == tracking.hash_id(e["case"])]
+        assert float(row.dice.iloc[0]) == pytest.approx(dice, abs=1e-4)
+    assert (out / "boxplot.png").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_shards_the_cache(setup, tmp_path):
+    """Lightning DDP (gloo) through the real CLI: each rank caches only its share of the cases."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = tmp_path / "ddp.yaml"
+    text = setup["config"].read_text().replace("  epochs: 8", "  epochs: 2")
+    cfg.write_text(text)
+    exe = Path(sys.executable).with_name("sarcart")
+    out = subprocess.run([str(exe), "-v", "train", "--config", str(cfg), "--datalist", str(setup["datalist"]),
+                          "--output-dir", str(tmp_path / "runs"), "--store", str(tmp_path / "ml"), "--devices", "2",
+                          "--no-register"], check=False, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    n_train = sum(1 for e in json.loads(setup["datalist"].read_text())["training"] if e["fold"] != 0)
+    for rank in (0, 1):
+        assert f"rank {rank}/2 caches {n_train // 2} training case(s)" in " ".join(out.stderr.split())
+    assert (tmp_path / "runs" / "tiny" / "fold0" / "bundle.pt").is_file()
+
+
+def test_cross_validation_report_pools_the_folds(setup, tmp_path):
+    import pandas as pd
+
+    assert main(["evaluate", "--from-cv", str(setup["root"] / "runs" / "tiny"), "--out", str(tmp_path)]) == 0
+    pooled = pd.read_csv(tmp_path / "metrics.csv")
+    fold0 = pd.read_csv(setup["run_dir"] / "validation.csv")
+    assert len(pooled) == len(fold0) and np.allclose(pooled.dice, fold0.dice)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    dice = next(m for m in summary["metrics"] if m["metric"] == "dice" and m["region"] == "all")
+    assert dice["mean"] == pytest.approx(fold0.dice.mean(), abs=1e-4)

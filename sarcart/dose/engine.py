@@ -320,19 +320,17 @@ class DoseEngine:
     # ------------------------------------------------------------------ sparse primary
     def primary_matrix(self, *, cutoff: float = 1e-4) -> torch.Tensor:
         """The primary term as a sparse CSR matrix ``(N, n_bixels)`` (exact erf, entries < cutoff x max dropped)."""
-        rows, cols, vals = [], [], []
-        for b in range(len(self.beams)):
-            r, c, v = self._primary_entries(b)
-            rows.append(r)
-            cols.append(c)
-            vals.append(v)
-        r, c, v = torch.cat(rows), torch.cat(cols), torch.cat(vals)
+        from sarcart.dose.influence import csr_pair
+
+        r, c, v = self.primary_entries(cutoff=cutoff)
+        return csr_pair(r, c, v, (self.n_points, self.n_bixels), transpose=False)[0]
+
+    def primary_entries(self, *, cutoff: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """COO ``(rows, cols, values)`` of the primary term, entries below ``cutoff`` x the maximum dropped."""
+        parts = [self._primary_entries(b) for b in range(len(self.beams))]
+        r, c, v = (torch.cat([p[i] for p in parts]) for i in range(3))
         keep = v > cutoff * float(v.max()) if v.numel() else v > 0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta" / invariant checks
-            coo = torch.sparse_coo_tensor(torch.stack([r[keep], c[keep]]), v[keep], (self.n_points, self.n_bixels),
-                                          check_invariants=False)
-            return coo.coalesce().to_sparse_csr()
+        return r[keep], c[keep], v[keep]
 
     def _primary_entries(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Non-zero primary entries of beam ``b``: a window of columns x rows around each point."""
@@ -366,7 +364,7 @@ class DoseEngine:
         """Build the sparse-influence operator (CSR primary + separable scatter)."""
         from sarcart.dose.influence import SparseInfluence
 
-        return SparseInfluence(self, self.primary_matrix(cutoff=cutoff))
+        return SparseInfluence(self, *self.primary_entries(cutoff=cutoff))
 
     def dense_matrix(self) -> torch.Tensor:
         """The full ``(N, n_bixels)`` influence matrix by unit-weight columns (small problems and tests only)."""

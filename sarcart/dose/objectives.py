@@ -19,6 +19,7 @@ that a limit on a large organ is not diluted), and is enforced as a hard limit b
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -75,48 +76,76 @@ class Constraint(BaseModel):
                          volume_cc=self.volume_cc, volume_percent=self.volume_percent, spare_cc=self.spare_cc,
                          weight=weight)
 
-    def margin(self, dose: torch.Tensor, voxel_cc: float) -> float:
-        """Slack of the constraint (>= 0 when met): Gy for max/mean, cm^3 for dvh_max."""
+    def margin(self, dose: torch.Tensor, voxel_cc: float, weights: torch.Tensor | None = None,
+               outside: float = 0.0) -> float:
+        """Slack of the constraint (>= 0 when met): Gy for max/mean, cm^3 for dvh_max.
+
+        ``weights`` ``(n,)``: voxels each sample stands for (subsampled structures; default 1);
+        ``outside``: voxels of the structure outside the calculation volume (dose 0 there).
+        """
         if self.kind == "max":
             return self.dose_gy - float(dose.max())
         if self.kind == "mean":
-            return self.dose_gy - float(dose.mean())
-        allowed = _allowed_count(self, dose.numel(), voxel_cc) * voxel_cc
-        return allowed - float((dose > self.dose_gy).sum()) * voxel_cc
+            total = dose.sum() if weights is None else (dose * weights).sum()
+            n = (dose.numel() if weights is None else float(weights.sum())) + outside
+            return self.dose_gy - float(total) / n
+        n = (dose.numel() if weights is None else float(weights.sum())) + outside
+        above = dose > self.dose_gy
+        count = float(above.sum()) if weights is None else float(weights[above].sum())
+        return _allowed_count(self, n, voxel_cc) * voxel_cc - count * voxel_cc
 
 
-def _allowed_count(term: Objective | Constraint, n: int, voxel_cc: float) -> int:
-    """Number of voxels allowed above (dvh_max) or required above (dvh_min) the level."""
-    if term.spare_cc is not None:
-        return max(n - round(term.spare_cc / voxel_cc), 0)
+def _allowed_count(term: Objective | Constraint, n: float, voxel_cc: float) -> float:
+    """Number of voxels allowed above (dvh_max) or required above (dvh_min) the level (``n`` voxels in all)."""
+    if term.spare_cc is not None:  # whole voxels whose volume fits in (organ - spared) volume
+        return max(math.floor(n - term.spare_cc / voxel_cc + 1e-6), 0)
     if term.volume_cc is not None:
         return int(term.volume_cc / voxel_cc)
     return int((term.volume_percent or 0.0) / 100.0 * n)
 
 
-def penalty(term: Objective, dose: torch.Tensor, *, voxel_cc: float, target_map: torch.Tensor | None = None
-            ) -> torch.Tensor:
-    """Penalty (Gy^2, mean over voxels) of one term for the structure's voxel doses ``dose`` ``(n,)``."""
+def penalty(term: Objective, dose: torch.Tensor, *, voxel_cc: float, target_map: torch.Tensor | None = None,
+            weights: torch.Tensor | None = None, outside: float = 0.0) -> torch.Tensor:
+    """Penalty (Gy^2, mean over voxels) of one term for the structure's voxel doses ``dose`` ``(n,)``.
+
+    ``weights`` ``(n,)``: the number of voxels each sample stands for when a structure is subsampled
+    far from the target (default: every voxel counts once); means, DVH volumes and gEUD are weighted.
+    ``outside``: voxels of the structure outside the calculation volume, at dose 0: they count in the
+    organ's volume (means, gEUD, ``spare_cc``/percent DVH limits) but not for ``min``/``dvh_min``/painting.
+    """
     if dose.numel() == 0:
         return dose.new_zeros(())
+    if term.kind in ("min", "dvh_min", "painting"):
+        outside = 0.0
+    n = (float(dose.numel()) if weights is None else float(weights.sum())) + outside
+
+    def _wmean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        return (x.sum() if w is None else (x * w).sum()) / n
+
     level = term.dose_gy
     if term.kind == "min":
-        return torch.relu(level - dose).pow(2).mean()
+        return _wmean(torch.relu(level - dose).pow(2), weights)
     if term.kind == "max":
-        return torch.relu(dose - level).pow(2).mean()
+        return _wmean(torch.relu(dose - level).pow(2), weights)
     if term.kind == "mean":
-        return torch.relu(dose.mean() - level).pow(2)
+        return torch.relu(_wmean(dose, weights) - level).pow(2)
     if term.kind == "geud_max":
-        geud = dose.clamp_min(0).pow(term.a).mean().clamp_min(1e-30).pow(1.0 / term.a)
+        geud = _wmean(dose.clamp_min(0).pow(term.a), weights).clamp_min(1e-30).pow(1.0 / term.a)
         return torch.relu(geud - level).pow(2)
     if term.kind == "painting":
         if target_map is None or target_map.shape != dose.shape:
             raise ConfigError(f"painting on {term.structure} needs a prescription map of {dose.numel()} voxels")
-        return ((dose - target_map) / target_map.clamp_min(1e-6) * target_map.mean()).pow(2).mean()
-    k = _allowed_count(term, dose.numel(), voxel_cc)
+        return _wmean(((dose - target_map) / target_map.clamp_min(1e-6) * target_map.mean()).pow(2), weights)
+    k = _allowed_count(term, n, voxel_cc)
     order = torch.argsort(dose, descending=True)
     ranked = dose[order]
+    if weights is None:
+        before = torch.arange(dose.numel(), device=dose.device, dtype=dose.dtype)
+        wr = torch.ones_like(ranked)
+    else:
+        wr = weights[order]
+        before = torch.cumsum(wr, 0) - wr  # voxels hotter than this sample
     if term.kind == "dvh_max":  # all but the k hottest voxels must be below the level
-        return torch.relu(ranked[k:] - level).pow(2).sum() / dose.numel()
+        return (wr * torch.relu(ranked - level).pow(2) * (before >= k - 0.5)).sum() / n
     # dvh_min: the k hottest voxels must reach the level
-    return torch.relu(level - ranked[:min(k, dose.numel())]).pow(2).sum() / dose.numel()
+    return (wr * torch.relu(level - ranked).pow(2) * (before < k - 0.5)).sum() / n

@@ -64,8 +64,9 @@ def _two_loop(q: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]], f
 
 
 def minimize_nonneg(fun: Fn, x0: torch.Tensor, *, method: Literal["lbfgs", "adam"] = "lbfgs", max_iter: int = 300,
-                    history_size: int = 10, rel_tol: float = 1e-7, lr: float = 0.05,
-                    callback: Callable[[int, float], None] | None = None) -> OptimizeResult:
+                    history_size: int = 10, rel_tol: float = 1e-7, abs_tol: float = 0.0, lr: float = 0.05,
+                    callback: Callable[[int, float], None] | None = None,
+                    stop: Callable[[int, list[float]], bool] | None = None) -> OptimizeResult:
     """Minimise ``fun(x)`` subject to ``x >= 0``.
 
     Args:
@@ -74,7 +75,9 @@ def minimize_nonneg(fun: Fn, x0: torch.Tensor, *, method: Literal["lbfgs", "adam
         method: ``lbfgs`` (projected L-BFGS) or ``adam`` (projected Adam with step ``lr`` x mean(x0)).
         max_iter: iterations.
         rel_tol: stop when the relative decrease over 5 iterations falls below this.
+        abs_tol: ... or when the decrease over 5 iterations falls below this (units of ``fun``).
         callback: ``callback(iteration, f)`` after each iteration (progress display).
+        stop: ``stop(iteration, history) -> bool`` after each iteration; ``True`` ends the run (not converged).
     """
     if method == "adam":
         return _adam(fun, x0, max_iter=max_iter, lr=lr, callback=callback)
@@ -101,6 +104,9 @@ def minimize_nonneg(fun: Fn, x0: torch.Tensor, *, method: Literal["lbfgs", "adam
                 break
             t *= 0.5
         else:
+            if pairs:  # the quasi-Newton model is stale (e.g. at a kink): restart from the gradient
+                pairs.clear()
+                continue
             converged = True  # no decrease possible along the projected path
             break
         s, y = xn - x, gn - g
@@ -111,8 +117,10 @@ def minimize_nonneg(fun: Fn, x0: torch.Tensor, *, method: Literal["lbfgs", "adam
         hist.append(float(f))
         if callback is not None:
             callback(it, float(f))
-        if len(hist) > 5 and hist[-6] - hist[-1] <= rel_tol * max(abs(hist[-6]), 1e-30):
+        if len(hist) > 5 and hist[-6] - hist[-1] <= rel_tol * max(abs(hist[-6]), 1e-30) + abs_tol:
             converged = True
+            break
+        if stop is not None and stop(it, hist):
             break
     return OptimizeResult(x=x, fun=float(f), n_iter=it, n_eval=n_eval, history=hist, converged=converged)
 
@@ -146,43 +154,55 @@ class PlanProblem:
         constraints: hard limits.
         voxel_cc: volume of one dose voxel.
         maps: structure name -> ``(n_s,)`` prescription map (Gy) for ``painting`` objectives.
+        weights: structure name -> ``(n_s,)`` voxels each sample stands for (subsampled structures).
+        outside: structure name -> voxels of it outside the calculation volume (dose 0 there).
     """
 
     def __init__(self, structures: Mapping[str, torch.Tensor], objectives: list[Objective],
-                 constraints: list[Constraint], *, voxel_cc: float, maps: Mapping[str, torch.Tensor] | None = None
+                 constraints: list[Constraint], *, voxel_cc: float, maps: Mapping[str, torch.Tensor] | None = None,
+                 weights: Mapping[str, torch.Tensor] | None = None, outside: Mapping[str, float] | None = None
                  ) -> None:
         for t in [*objectives, *constraints]:
             if t.structure not in structures:
                 raise ConfigError(f"objective/constraint on {t.structure!r}, which is not among the structures "
                                   f"{sorted(structures)}; contour it or drop the term")
         self.structures, self.objectives, self.constraints = dict(structures), list(objectives), list(constraints)
-        self.voxel_cc, self.maps = voxel_cc, dict(maps or {})
+        self.voxel_cc, self.maps, self.weights = voxel_cc, dict(maps or {}), dict(weights or {})
+        self.outside = dict(outside or {})
         self.rho = [10.0] * len(constraints)
         self.scale = [1.0] * len(constraints)
+
+    def _term(self, o: Objective, dose: torch.Tensor) -> torch.Tensor:
+        return penalty(o, dose[self.structures[o.structure]], voxel_cc=self.voxel_cc,
+                       target_map=self.maps.get(o.structure), weights=self.weights.get(o.structure),
+                       outside=self.outside.get(o.structure, 0.0))
+
+    def size_cc(self, structure: str) -> float:
+        """Volume (cm^3) of the structure (its samples and its voxels outside the calculation volume)."""
+        w = self.weights.get(structure)
+        n = float(w.sum()) if w is not None else float(self.structures[structure].numel())
+        return (n + self.outside.get(structure, 0.0)) * self.voxel_cc
 
     def value(self, dose: torch.Tensor) -> torch.Tensor:
         """Weighted sum of objective penalties plus the current constraint penalties."""
         total = dose.new_zeros(())
         for o in self.objectives:
-            d = dose[self.structures[o.structure]]
-            total = total + o.weight * penalty(o, d, voxel_cc=self.voxel_cc, target_map=self.maps.get(o.structure))
+            total = total + o.weight * self._term(o, dose)
         for c, rho, sc in zip(self.constraints, self.rho, self.scale):
-            d = dose[self.structures[c.structure]]
             # volume-weighted (Gy^2 cm^3), not a mean: a limit on a large organ must not be diluted by its size
-            size = d.numel() * self.voxel_cc
-            total = total + rho * size * penalty(c.as_objective(dose_scale=sc), d, voxel_cc=self.voxel_cc)
+            total = total + rho * self.size_cc(c.structure) * self._term(c.as_objective(dose_scale=sc), dose)
         return total
 
     def objective_only(self, dose: torch.Tensor) -> float:
         with torch.no_grad():
-            return float(sum(o.weight * penalty(o, dose[self.structures[o.structure]], voxel_cc=self.voxel_cc,
-                                                target_map=self.maps.get(o.structure)) for o in self.objectives))
+            return float(sum(o.weight * self._term(o, dose) for o in self.objectives))
 
     def violations(self, dose: torch.Tensor) -> list[tuple[Constraint, float]]:
         """Constraints not met, with their (negative) slack."""
         out = []
         for c in self.constraints:
-            m = c.margin(dose[self.structures[c.structure]].detach(), self.voxel_cc)
+            m = c.margin(dose[self.structures[c.structure]].detach(), self.voxel_cc, self.weights.get(c.structure),
+                         self.outside.get(c.structure, 0.0))
             if m < 0:
                 out.append((c, m))
         return out
@@ -190,33 +210,54 @@ class PlanProblem:
 
 def optimize_plan(problem: PlanProblem, dose_fn: Fn, x0: torch.Tensor, *, max_iter: int = 200, outer: int = 5,
                   method: Literal["lbfgs", "adam"] = "lbfgs", regulariser: Fn | None = None,
-                  callback: Callable[[int, float], None] | None = None) -> OptimizeResult:
+                  callback: Callable[[int, float], None] | None = None, rel_tol: float = 1e-7, abs_tol: float = 0.0,
+                  check_every: int = 0, growth: float = 4.0, level_step: float = 0.98) -> OptimizeResult:
     """Optimise beamlet weights with hard constraints (penalty continuation).
 
-    Each outer round minimises ``problem.value(dose_fn(x)) + regulariser(x)``; violated constraints get 10x their
-    penalty weight and a 2 % lower internal level, until all hold or ``outer`` rounds are done.
+    Each outer round minimises ``problem.value(dose_fn(x)) + regulariser(x)``; violated constraints get ``growth``
+    times their penalty weight and an internal level ``level_step`` times lower (a margin for the residual of a
+    finite penalty), until all hold or ``outer`` rounds are done.
+
+    Args:
+        max_iter: iterations per round (L-BFGS stops earlier at ``rel_tol``).
+        outer: rounds at most.
+        rel_tol: relative decrease over 5 iterations below which a round has converged.
+        abs_tol: absolute decrease over 5 iterations below which a round has converged.
+        check_every: with ``k > 0``, a round also ends after ``k`` iterations that lowered the objective by less
+            than 1 % while a constraint is violated (the weight is raised without waiting for full convergence).
     """
     if outer < 1:
         raise ConfigError(f"outer must be >= 1, got {outer}")
     x, it_total, res, hist = x0, 0, None, []
-    for _ in range(outer):
+    last: list[torch.Tensor] = []  # dose of the latest evaluation (the accepted point after each iteration)
+    for r in range(outer):
         def fun(w: torch.Tensor) -> torch.Tensor:
-            f = problem.value(dose_fn(w))
+            dose = dose_fn(w)
+            last[:] = [dose.detach()]
+            f = problem.value(dose)
             return f + regulariser(w) if regulariser is not None else f
 
+        def stop(i: int, h: list[float]) -> bool:
+            if check_every <= 0 or r == outer - 1 or i % check_every or len(h) <= check_every:
+                return False
+            stalled = h[-check_every - 1] - h[-1] < 0.01 * abs(h[-check_every - 1])
+            return stalled and bool(problem.violations(last[0]))
+
         done = it_total
-        res = minimize_nonneg(fun, x, method=method, max_iter=max_iter,
+        res = minimize_nonneg(fun, x, method=method, max_iter=max_iter, rel_tol=rel_tol, abs_tol=abs_tol, stop=stop,
                               callback=(lambda i, f, done=done: callback(done + i, f)) if callback else None)
         x, it_total = res.x, it_total + res.n_iter
         hist += res.history if not hist else res.history[1:]
         with torch.no_grad():
             bad = problem.violations(dose_fn(x))
+        log.debug("round %d: %d iterations, %d evaluations, f %.4g, converged %s, %d limit(s) violated", r, res.n_iter,
+                  res.n_eval, res.fun, res.converged, len(bad))
         if not bad:
             break
         for c, slack in bad:
             i = problem.constraints.index(c)
-            problem.rho[i] *= 10.0
-            problem.scale[i] *= 0.98
+            problem.rho[i] *= growth
+            problem.scale[i] *= level_step
             log.info("constraint %s %s %.1f Gy violated (slack %.3g): weight -> %.3g", c.structure, c.kind,
                      c.dose_gy, slack, problem.rho[i])
     res.n_iter, res.history = it_total, hist  # type: ignore[union-attr]

@@ -23,7 +23,7 @@ from sarcart.io.rtplan import ControlPoint, MlcDevice, PlanBeam, RtPlan
 
 log = logging.getLogger(__name__)
 
-REPORTED = ("PTV", "GTV", "HYPOXIA", "BOWEL", "KIDNEY_L", "KIDNEY_R", "KIDNEYS", "BONE", "BODY")
+REPORTED = ("PTV", "PTV_EVAL", "GTV", "HYPOXIA", "BOWEL", "KIDNEY_L", "KIDNEY_R", "KIDNEYS", "BONE", "BODY")
 
 
 def dvhs_of(dose: Volume, masks: dict[str, Volume], names: tuple[str, ...] = REPORTED) -> dict[str, DVH]:
@@ -67,6 +67,11 @@ def plan_metrics(result: PlanResult) -> dict[str, object]:
         q = painting_quality(course.array[sel], result.painting_map.array[sel])
         out["painting"] = {k: v for k, v in q.items() if not k.startswith("qvh")}
         out["qvh"] = {"q": q["qvh_q"], "fraction": q["qvh_fraction"]}
+        ev = result.masks.get(p.target + "_EVAL")
+        if ev is not None:  # the painted region minus the excluded organs' PRV (where the limits let it be painted)
+            sel = ev.array & (result.painting_map.array > 0)
+            q = painting_quality(course.array[sel], result.painting_map.array[sel])
+            out["painting_eval"] = {k: v for k, v in q.items() if not k.startswith("qvh")}
     out["delivery"] = {**result.info, "segments": len(result.segments),
                        "total_mu_per_fraction": float(sum(s.mu for s in result.segments))}
     out["timings_s"] = result.timings_s

@@ -39,9 +39,24 @@ class PlanSettings(BaseModel):
     bixel_margin_mm: float = Field(5.0, ge=0)
     max_iter: int = Field(100, ge=1, description="L-BFGS iterations per constraint round")
     outer_rounds: int = Field(4, ge=1, description="constraint rounds (penalty x10 while a limit is violated)")
+    rel_tol: float = Field(1e-4, gt=0, description="a round ends when the objective falls by less than this "
+                           "(relative) over 5 iterations")
+    abs_tol: float = Field(1e-3, ge=0, description="... or by less than this (objective units, Gy^2 per "
+                           "fraction) over 5 iterations")
+    check_every: int = Field(10, ge=0, description="while a limit is violated, raise its weight every this many "
+                             "iterations instead of at the end of a round (0: at round ends only)")
+    threads: int = Field(1, ge=0, description="torch CPU threads while planning (0: leave torch's setting); one "
+                         "thread is fastest on a shared machine (docs/dose.md)")
+    far_mm: float = Field(20.0, ge=0, description="organ voxels farther than this from the target are subsampled")
+    far_stride: int = Field(3, ge=1, description="subsampling stride per axis beyond far_mm (1: every voxel)")
+    aperture_iter: int = Field(60, ge=1, description="aperture optimisation iterations per round")
+    final_checks: int = Field(1, ge=0, description="aperture runs when the final dose violates a limit on the "
+                              "organ's full mask (far voxels are subsampled during optimisation)")
+    aperture_corrections: int = Field(2, ge=0, description="aperture runs on the exact-dose-corrected model (until "
+                                      "the exact dose meets the limits)")
     method: Literal["lbfgs", "adam"] = "lbfgs"
     smoothing: float = Field(0.02, ge=0, description="weight of the fluence smoothness penalty")
-    levels: int = Field(10, ge=2, description="intensity levels for leaf sequencing")
+    levels: int = Field(7, ge=2, description="intensity levels for leaf sequencing")
     ring_inner_mm: float = Field(5.0, ge=0)
     ring_outer_mm: float = Field(20.0, gt=0)
     ring_max_fraction: float = Field(0.75, gt=0, description="ring max dose as a fraction of the prescription")
@@ -62,6 +77,9 @@ class PlanPrescription(BaseModel):
     target: str = "PTV"
     gtv: str = "GTV"
     ptv_margin_mm: float = Field(3.0, ge=0, le=30)
+    target_exclude: list[str] = Field(default_factory=list, description="organs whose PRV is cut from the target "
+                                      "for the coverage objectives (evaluation PTV); their limits stay hard")
+    target_exclude_margin_mm: float = Field(3.0, ge=0, le=30, description="PRV margin of target_exclude")
     objectives: list[Objective] = Field(default_factory=list)
     constraints: list[Constraint] = Field(default_factory=list)
     painting: PaintingSpec | None = None

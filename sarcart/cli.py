@@ -19,7 +19,9 @@ import sarcart
 from sarcart.errors import SarcartError
 
 # subpackages whose ``cli`` module defines ``register(subparsers)``; order = order in ``sarcart --help``
-_COMMAND_PACKAGES = ("phantom", "io", "training", "inference", "service", "radiomics", "dose", "adapt")
+# (a dotted entry names the module itself, e.g. the research-side ``cohort`` command of radiomics)
+_COMMAND_PACKAGES = ("phantom", "io", "training", "inference", "service", "radiomics", "radiomics.cohort_cli",
+                     "dose", "adapt")
 
 console = Console(stderr=True)
 
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for pkg in _COMMAND_PACKAGES:
-        name = f"sarcart.{pkg}.cli"
+        name = f"sarcart.{pkg}" if "." in pkg else f"sarcart.{pkg}.cli"
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(sub)
     return parser

@@ -1,0 +1,92 @@
+"""The segmenter the DICOM service calls: a warm :class:`Predictor` plus QA flags, in the service's terms.
+
+The service (``sarcart.service``) only knows the signature ``series -> (masks, qa, model)``; this module
+builds such a callable from a model name (shipped name, bundle path or ``models:/`` URI). The model is
+loaded once, when the service starts, and kept warm. QA per structure comes from
+:mod:`sarcart.inference.qa` (confidence from the class probabilities, field-of-view edge, fragments),
+per image from :func:`~sarcart.inference.qa.input_check` against the model's training profile (orientation,
+spacing, intensity spread) and :func:`~sarcart.inference.qa.target_size_check` (GTV larger than the field).
+
+This module must not import :mod:`sarcart.service` (the dependency runs the other way).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import numpy as np
+
+from sarcart.inference.predictor import Predictor, PredictorConfig, Segmentation
+from sarcart.inference.qa import QACalibration, input_check, structure_qa, target_size_check
+from sarcart.io.geometry import Volume
+
+log = logging.getLogger(__name__)
+
+SeriesSegmenter = Callable[[Any], tuple[dict[str, Volume], dict[str, Any], str]]
+
+
+def _body_mask(image: Volume, threshold: float) -> np.ndarray:
+    """Body = voxels above ``threshold`` x the 99th percentile (the plan's normalisation rule)."""
+    arr = np.asarray(image.array, dtype=np.float32)
+    return arr > threshold * float(np.percentile(arr, 99))
+
+
+def segmentation_qa(image: Volume, seg: Segmentation, predictor: Predictor, *,
+                    calibration: QACalibration | None = None) -> dict[str, Any]:
+    """QA report of one segmentation: ``{"image": {...flags}, "structures": {name: {...flags}}}``.
+
+    Args:
+        image: the input image (the grid of ``seg``).
+        seg: the predictor's output, with probabilities when the confidence is wanted.
+        predictor: the predictor that made it (its plan's training profile feeds the input check).
+        calibration: raw confidence -> P(good contour); the package default when None.
+    """
+    plan = predictor.bundle.plan
+    profile = dict(plan.training_profile)
+    spacing = profile.get("median_spacing_mm")
+    body = _body_mask(image, plan.normalisation.body_threshold)
+    report: dict[str, Any] = {
+        "image": input_check(image, train_spacings_mm=[spacing] if spacing else None,
+                             train_intensity=profile.get("intensity"), body=body),
+        "structures": {},
+    }
+    for k, name in enumerate(seg.structures):
+        prob = None
+        if seg.probabilities is not None:
+            prob = np.asarray(seg.probabilities[k + 1], dtype=np.float32)
+        report["structures"][name] = structure_qa(name, seg.mask(name), prob=prob, calibration=calibration)
+    targets = {n: seg.mask(n) for n in ("GTV", "PTV") if n in seg.structures}
+    size_flags = target_size_check(targets)
+    for name in targets:
+        report["structures"][name]["flags"] += [f for f in size_flags if f.startswith(name + " ")]
+    report["flagged"] = sorted(n for n, q in report["structures"].items() if q["flags"])
+    report["image_flagged"] = bool(report["image"]["flags"])
+    return report
+
+
+def make_segmenter(model: str, *, device: str | None = None, tta: bool = False,
+                   calibration: QACalibration | None = None) -> SeriesSegmenter:
+    """A warm segmenter for the service: ``series -> (masks, qa, "name version")``.
+
+    Args:
+        model: shipped name (``trufi``), bundle path, or MLflow URI (``models:/sarcart-trufi@champion``).
+        device: ``cpu``, ``cuda``...; None = CUDA when available.
+        tta: test-time augmentation over the plan's allowed flips (the confidence then reflects their
+            disagreement).
+        calibration: QA confidence calibration (fitted on validation cases).
+    """
+    predictor = Predictor(model, config=PredictorConfig(tta=tta, device=device, keep_probabilities=True))
+
+    def segment(series: Any) -> tuple[dict[str, Volume], dict[str, Any], str]:
+        image = series.volume
+        seg = predictor(image)
+        qa = segmentation_qa(image, seg, predictor, calibration=calibration)
+        qa["seconds"] = round(seg.seconds, 3)
+        qa["postprocessing"] = list(seg.notes)
+        name = f"{seg.model} {seg.version}".strip()
+        log.info("segmented %s with %s in %.1f s; flagged: %s", getattr(series, "series_uid", "series"),
+                 name, seg.seconds, qa["flagged"] or "none")
+        return {n: seg.mask(n) for n in seg.structures}, qa, name
+
+    return segment

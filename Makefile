@@ -33,7 +33,7 @@ test: setup system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(VENV)/bin/sarcart synth --spec configs/cohorts/demo_small.yaml --out demo_out/cohort
+	$(VENV)/bin/sarcart demo --out demo_out/course
 
 clean-venv:
 	rm -rf $(VENV)

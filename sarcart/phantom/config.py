@@ -35,6 +35,8 @@ TUMOUR_CC: dict[str, tuple[float, float]] = {
 }
 #: prescription per site (Blitzer et al., J Clin Med 2022;11:1042, FACTS.md): total Gy over 6 fractions
 PRESCRIPTION_GY: dict[str, float] = {"retroperitoneum": 48.0, "upper_extremity": 54.0, "lower_extremity": 48.0}
+#: prescribed fractions of the trial's course (the number synthesised does not change the dose per fraction)
+TRIAL_FRACTIONS = 6
 BODY_PART: dict[str, str] = {"retroperitoneum": "ABDOMEN", "upper_extremity": "ARM", "lower_extremity": "LEG"}
 
 Triple = tuple[float, float, float]

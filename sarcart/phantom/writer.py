@@ -30,7 +30,7 @@ from sarcart.io.nifti import write_mask, write_nifti
 from sarcart.io.rtstruct_write import write_rtstruct
 from sarcart.phantom import tissues as T
 from sarcart.phantom.anatomy import Anatomy
-from sarcart.phantom.config import BODY_PART, PRESCRIPTION_GY, CohortSpec, PhantomConfig
+from sarcart.phantom.config import BODY_PART, PRESCRIPTION_GY, TRIAL_FRACTIONS, CohortSpec, PhantomConfig
 from sarcart.phantom.generate import FractionData, build_anatomy, make_fraction
 from sarcart.phantom.patients import PatientParams
 
@@ -179,7 +179,8 @@ def write_patient(spec: CohortSpec, patient: PatientParams, out_dir: str | os.Pa
     clock.lap("anatomy")
     write_course(root, CourseConfig(
         patient=patient.name, site=patient.site, synthetic=True,  # type: ignore[arg-type]
-        prescription=Prescription(dose_gy=PRESCRIPTION_GY[patient.site], fractions=spec.fractions, ptv_margin_mm=3.0),
+        prescription=Prescription(dose_gy=PRESCRIPTION_GY[patient.site],
+                                  fractions=max(TRIAL_FRACTIONS, spec.fractions), ptv_margin_mm=3.0),
         notes="sarcart synthetic TRUFI patient (phantom ground truth); research only, not for clinical use",
     ))
     _WORK.update(anatomy=anatomy, config=config, patient=patient, state=state, root=root, spec_seed=spec.seed)

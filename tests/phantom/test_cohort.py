@@ -47,7 +47,7 @@ def test_layout_and_cohort_csv_match_the_spec(tiny_cohort: Path) -> None:
         assert float(r["hypoxic_fraction_realised"]) == pytest.approx(float(r["hypoxic_fraction"]), abs=0.01)
         course = load_course(tiny_cohort / r["patient"], strict=True)
         assert course.config.synthetic and course.config.site == r["site"]
-        assert course.config.prescription.fractions == 2
+        assert course.config.prescription.fractions == 6  # the trial's 6, not the 2 synthesised
         assert course.config.prescription.dose_gy == PRESCRIPTION_GY[r["site"]]
         assert [f.name for f in course.fractions] == ["fx00", "fx01", "fx02"]
         for fx in course.fractions:

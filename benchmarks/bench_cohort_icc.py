@@ -13,6 +13,7 @@ lower 95 % bound of ICC(2,1) >= 0.75) and writes the full table (``--out``, CSV)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ def main() -> None:
     man = args.out.parent / "manifest.csv"
     pd.DataFrame([{"patient": c, "fraction": 1, "image": str(DATA / c / "image.nii.gz"),
                    "mask": str(DATA / c / "gtv.nii.gz")} for c in cases]).to_csv(man, index=False)
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     long = perturbation_features(man, perturbation=PerturbationConfig(replicates=args.replicates),
                                  config=CohortConfig(workers=args.workers), show_progress=False)
@@ -52,7 +54,8 @@ def main() -> None:
     table["class"] = [f.split("_")[1] for f in table.index]
     table["robust"] = table["icc21_low"] >= ROBUST_THRESHOLD
     print(f"{long['case'].nunique()} cases x {args.replicates + 1} replicates, {len(table)} features, "
-          f"{secs:.0f} s on {args.workers} workers")
+          f"{secs:.0f} s on {args.workers} workers ({os.cpu_count()} CPUs, load average (1 min) "
+          f"{load0:.1f} before / {os.getloadavg()[0]:.1f} after)")
     print("| class | features | robust (ICC(2,1) lower 95 % bound >= 0.75) | median ICC(2,1) | lowest ICC(2,1) (feature) |")
     print("|---|---|---|---|---|")
     for cls, grp in table.groupby("class", sort=False):

@@ -3,10 +3,12 @@
 :func:`perturbation_features` extracts every contoured manifest case unperturbed (replicate 0) and
 ``replicates`` times perturbed (:mod:`sarcart.radiomics.perturb`), one Dask task per case x replicate;
 :func:`perturbation_icc` turns that long table into ICC(2,1)/ICC(3,1) per feature with subjects =
-cases and raters = replicates (:mod:`sarcart.radiomics.reproducibility`). Because each case draws its own
-perturbations, the replicate index carries no systematic effect and ICC(2,1) ~ ICC(3,1) here; between
-fractions (:func:`sarcart.radiomics.reproducibility.between_fractions`) they differ when features drift
-over the course.
+cases and raters = replicates (:mod:`sarcart.radiomics.reproducibility`). Each case draws its own
+perturbations, so the perturbed replicates 1..k carry no systematic effect among themselves; replicate 0
+(unperturbed) can differ systematically from all of them - e.g. surface-based shape features, since
+contour randomisation roughens every perturbed outline - and ICC(2,1) (absolute agreement) then falls
+below ICC(3,1) (on the 34 real sarcoma MRs: Sphericity 0.10 vs 0.68; docs/cohort.md). Between fractions
+(:func:`sarcart.radiomics.reproducibility.between_fractions`) they differ when features drift over the course.
 """
 
 from __future__ import annotations

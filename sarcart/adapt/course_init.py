@@ -66,13 +66,6 @@ def course_prescription(course: Course, config: AdaptConfig):
     if upd:
         p = p.model_copy(update={"settings": p.settings.model_copy(update=upd)})
     p = p.model_copy(update={"ptv_margin_mm": rx.ptv_margin_mm})
-    if config.painting.enabled and p.target_exclude:
-        # Workaround (sarcart.dose.plan scales the first fluence on the target's voxels, but with a painting map
-        # and an evaluation PTV no objective stays on the target itself): a negligible, inactive term keeps it.
-        from sarcart.dose.objectives import Objective
-
-        keep = Objective(structure=p.target, kind="max", dose_gy=3.0 * p.dose_gy, weight=1e-9)
-        p = p.model_copy(update={"objectives": [*p.objectives, keep.model_copy(update={"kind": "mean"})]})
     return p
 
 

@@ -131,6 +131,10 @@ def _summary(con, result, check) -> None:
     if "painting" in m:
         pq = m["painting"]
         con.print(f"  painting: QF {pq['qf']:.4f}, within +-5 % {100 * pq['within_5pct']:.1f} %")  # type: ignore[index]
+        if "painting_eval" in m:  # the painted region outside the excluded organs' PRV
+            pe = m["painting_eval"]
+            con.print(f"  painting on the evaluation PTV: QF {pe['qf']:.4f}, "  # type: ignore[index]
+                      f"within +-5 % {100 * pe['within_5pct']:.1f} %")  # type: ignore[index]
     if check is not None:
         con.print(f"  second check: gamma {check.gamma_criteria} pass {100 * check.gamma_pass_rate:.1f} % "
                   f"({check.n_points} points)")

@@ -237,7 +237,7 @@ def optimize_plan(problem: PlanProblem, dose_fn: Fn, x0: torch.Tensor, *, max_it
             f = problem.value(dose)
             return f + regulariser(w) if regulariser is not None else f
 
-        def stop(i: int, h: list[float]) -> bool:
+        def stop(i: int, h: list[float], r: int = r) -> bool:
             if check_every <= 0 or r == outer - 1 or i % check_every or len(h) <= check_every:
                 return False
             stalled = h[-check_every - 1] - h[-1] < 0.01 * abs(h[-check_every - 1])

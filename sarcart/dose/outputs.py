@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 REPORTED = ("PTV", "PTV_EVAL", "GTV", "HYPOXIA", "BOWEL", "KIDNEY_L", "KIDNEY_R", "KIDNEYS", "BONE", "BODY")
 
 
+def reported_names(prescription) -> tuple[str, ...]:
+    """:data:`REPORTED` plus every other structure that carries a limit or an objective (e.g. a phantom's CORE)."""
+    extra = [*(c.structure for c in prescription.constraints), *(o.structure for o in prescription.objectives)]
+    return tuple(dict.fromkeys([*REPORTED, *extra]))
+
+
 def dvhs_of(dose: Volume, masks: dict[str, Volume], names: tuple[str, ...] = REPORTED) -> dict[str, DVH]:
     """DVHs of the named structures that exist and are not empty."""
     return {n: DVH.from_mask(n, dose, masks[n]) for n in names if n in masks and masks[n].array.any()}
@@ -35,7 +41,7 @@ def plan_metrics(result: PlanResult) -> dict[str, object]:
     """DVH statistics, conformity/homogeneity, constraint status, painting quality, EQD2, sequencing cost."""
     p = result.prescription
     course = result.course_dose
-    dvhs = dvhs_of(course, result.masks)
+    dvhs = dvhs_of(course, result.masks, reported_names(result.prescription))
     out: dict[str, object] = {"note": f"{sarcart.NOT_FOR_CLINICAL_USE}; {NOT_COMMISSIONED}",
                               "prescription": {"name": p.name, "dose_gy": p.dose_gy, "fractions": p.fractions,
                                                "dose_per_fraction_gy": p.dose_per_fraction_gy},
@@ -190,7 +196,7 @@ def write_plan_outputs(result: PlanResult, out_dir: Path, *, patient: PatientStu
     paths["rtdose"] = write_rtdose(course, out_dir / "rtdose.dcm", frame_of_reference_uid=for_uid, patient=patient,
                                    rtplan_uid=plan_uid, rtstruct_uid=rtstruct_uid,
                                    comment="sarcart research dose; beam model not commissioned")
-    dvhs = dvhs_of(course, result.masks)
+    dvhs = dvhs_of(course, result.masks, reported_names(result.prescription))
     paths["dvh_csv"] = write_dvh_csv(dvhs, out_dir / "dvh.csv")
     paths["dvh_png"] = plot_dvh(dvhs, out_dir / "dvh.png", title=result.prescription.name)
     metrics = plan_metrics(result)

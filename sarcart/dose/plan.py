@@ -192,7 +192,10 @@ def _plan(image: Volume, masks: dict[str, Volume], p: PlanPrescription, *, paint
     iso = tuple(geom.index_to_world(np.argwhere(dmasks[p.target].array).mean(axis=0)))
     beams = [Beam(a, iso, machine.sad_mm) for a in machine.gantry_angles_deg]
     grids = [bixel_grid_for_target(dmasks[p.target], b, machine, margin_mm=s.bixel_margin_mm) for b in beams]
-    body_idx, opt_pos, structs, weights, outside = points_and_structures(dmasks, p, {o.structure for o in [*objs, *cons]})
+    # the target is always a structure of the problem (the isocentre, PTV metrics and the aperture step need it
+    # even when painting and an evaluation PTV leave no objective on it)
+    used = {p.target} | {o.structure for o in [*objs, *cons]}
+    body_idx, opt_pos, structs, weights, outside = points_and_structures(dmasks, p, used)
     full = DoseEngine(dens, body_idx, beams, grids, model, device=device)
     for b in range(len(beams)):
         full.beam_points(b)

@@ -38,7 +38,7 @@ class PlanSettings(BaseModel):
     first_gantry_deg: float = 0.0
     bixel_margin_mm: float = Field(5.0, ge=0)
     max_iter: int = Field(100, ge=1, description="L-BFGS iterations per constraint round")
-    outer_rounds: int = Field(4, ge=1, description="constraint rounds (penalty x10 while a limit is violated)")
+    outer_rounds: int = Field(4, ge=1, description="constraint rounds (penalty x4 while a limit is violated)")
     rel_tol: float = Field(1e-4, gt=0, description="a round ends when the objective falls by less than this "
                            "(relative) over 5 iterations")
     abs_tol: float = Field(1e-3, ge=0, description="... or by less than this (objective units, Gy^2 per "

@@ -106,3 +106,34 @@ def test_shipped_prescriptions_load_and_convert_the_bowel_limit():
     assert (bowel.dose_gy, bowel.volume_cc) == (35.5, 0.5) and "alpha/beta 3" in bowel.source
     e = load_prescription(REPO / "configs/prescriptions/extremity_54gy_6fx.yaml")
     assert (e.dose_gy, e.fractions, e.ptv_margin_mm) == (54.0, 6, 3.0)
+
+
+@pytest.mark.slow
+def test_painting_with_an_evaluation_ptv_keeps_the_target_in_the_problem():
+    """Painting + target_exclude leave no objective on the PTV itself; the plan must still be made and paint.
+
+    Known answer: the boost region (the GTV's core) gets the higher course dose of the map on average.
+    """
+    from helpers import REPO
+
+    from sarcart.dose.plan import plan_fraction
+
+    image, masks = abdomen(6.0)
+    raw = yaml.safe_load((REPO / PRESC).read_text())
+    assert raw["target_exclude"] == ["BOWEL"]  # the shipped prescription uses an evaluation PTV
+    raw["settings"] = {"dose_grid_mm": 6.0, "n_beams": 5, "max_iter": 30, "outer_rounds": 2, "levels": 5,
+                       "aperture_iter": 10, "aperture_corrections": 0, "final_checks": 0}
+    from sarcart.dose.prescription import PlanPrescription
+
+    presc = PlanPrescription.model_validate(raw)
+    gtv = masks["GTV"].array.astype(bool)
+    core = gtv & (np.cumsum(gtv, axis=0) > gtv.sum(axis=0, keepdims=True) // 2)  # the GTV's +x half
+    pmap = masks["GTV"].with_array(np.where(core, 60.0, 48.0).astype(np.float32))
+    res = plan_fraction(image, masks, presc, painting=pmap)
+    dose = res.course_dose
+    from sarcart.dose.volumes import resample
+
+    boost = resample(masks["GTV"].with_array(core), dose.geometry, is_mask=True).array
+    rest = resample(masks["GTV"].with_array(gtv & ~core), dose.geometry, is_mask=True).array
+    assert boost.any() and rest.any()
+    assert dose.array[boost].mean() > dose.array[rest].mean() + 2.0

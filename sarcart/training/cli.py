@@ -45,6 +45,32 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--resume", action="store_true", help="continue from checkpoints/last.ckpt of this fold")
     t.add_argument("--plan-only", action="store_true", help="print the plan and stop")
     t.set_defaults(func=_train)
+    _register_finetune(sub)
+
+
+def _int_list(value: str) -> list[int]:
+    try:
+        return sorted({int(v) for v in value.split(",") if v.strip()})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--fractions must be comma-separated integers (e.g. 1,2), got {value!r}") from exc
+
+
+def _register_finetune(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    f = sub.add_parser("finetune", help="fine-tune the population model on a patient's approved fractions; "
+                       "keep it only if not worse on a held-out fraction")
+    f.add_argument("--patient-dir", required=True, type=Path, help="the patient's course folder (course.yaml, fxNN/)")
+    f.add_argument("--model", required=True, help="population model: shipped name, bundle path or MLflow URI")
+    f.add_argument("--fractions", type=_int_list, help="fractions to fine-tune on, e.g. 1,2 (default: every approved "
+                   "fraction except the held-out one)")
+    f.add_argument("--holdout", type=int, help="approved fraction to compare on (default: the latest one not used)")
+    f.add_argument("--epochs", type=int, help="epochs (default 6)")
+    f.add_argument("--iterations", type=int, help="iterations per epoch (default 10)")
+    f.add_argument("--lr", type=float, help="learning rate (default 2e-4, a tenth of the population training's)")
+    f.add_argument("--config", type=Path, help="YAML of FinetuneConfig fields (flags override it)")
+    f.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    f.add_argument("--out", type=Path, help="working folder (default mlruns/finetune/<registered name>/)")
+    f.add_argument("--store", help="MLflow store: folder or URI (default MLFLOW_TRACKING_URI or mlruns/)")
+    f.set_defaults(func=_finetune)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -115,4 +141,38 @@ def _train(args: argparse.Namespace) -> int:
         ch = res.champion or {}
         con.print(f"registered {cfg.registered_name} v{res.model_version}; champion: "
                   f"{'moved' if ch.get('promoted') else 'kept'} ({ch.get('reason', '')})")
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sarcart.config import load_model
+    from sarcart.training.finetune import FinetuneConfig, finetune
+
+    cfg = load_model(FinetuneConfig, args.config, what="finetune configuration",
+                     epochs=args.epochs, iterations_per_epoch=args.iterations)
+    if args.lr is not None:
+        cfg = FinetuneConfig.model_validate({**cfg.model_dump(), "optim": {**cfg.optim.model_dump(), "lr": args.lr}})
+    res = finetune(args.patient_dir, args.model, fractions=args.fractions, holdout=args.holdout, config=cfg,
+                   device=args.device, out=args.out, store=args.store, show_progress=True)
+    con = Console()
+    for fx, src in res.sources.items():
+        con.print(f"{fx}: approved contours from {src}")
+    tab = Table(title=f"held-out fx{res.holdout:02d}: population vs patient model (fine-tuned on "
+                f"{', '.join(f'fx{i:02d}' for i in res.fit_fractions)})")
+    for col in ("structure", "Dice pop", "Dice pat", "sDice2mm pop", "sDice2mm pat", "HD95 pop (mm)",
+                "HD95 pat (mm)", "not worse"):
+        tab.add_column(col)
+    for r in res.comparison.to_dict("records"):
+        tab.add_row(r["structure"], *[f"{r[f'{m}_{w}']:.3f}" for m in ("dice", "surface_dice_2mm")
+                                      for w in ("population", "patient")],
+                    f"{r['hd95_mm_population']:.1f}", f"{r['hd95_mm_patient']:.1f}",
+                    ("yes" if r["not_worse"] else "NO") if r["scored"] else "not scored")
+    con.print(tab)
+    con.print(f"fine-tuning {res.finetune_seconds:.0f} s, scoring {res.eval_seconds:.0f} s; loss on the "
+              f"fine-tuning fractions {res.loss_before:.4f} -> {res.loss_after:.4f}")
+    verdict = "KEPT (alias champion)" if res.kept else "REJECTED (alias unchanged)"
+    con.print(f"{res.name} v{res.version or '-'}: {verdict}; outputs in {res.out_dir}")
     return 0

@@ -1,0 +1,140 @@
+"""Benchmark: patient-specific fine-tuning (``sarcart finetune``): gain on a held-out later fraction and its time.
+
+A synthetic retroperitoneal patient of the frozen trufi test cohort (``configs/cohorts/trufi_test_snr20.yaml``,
+seed 912001, patient SYN-RP-001 — never seen in the population training), regenerated with two daily fractions
+(fx00, fx01, fx02) because the frozen cohort stores only fx00/fx01; written once to
+``mlruns/datasets/finetune_bench/snr20``. The population model is fine-tuned on fx00 + fx01 (their labels as the
+stand-in for approved contours) and both models are scored on fx02 (raw networks, no TTA, no post-processing,
+on the image's own grid). The patient model is registered in a temporary MLflow store unless ``--store``.
+
+Run:  .venv/bin/python benchmarks/bench_finetune.py [--model trufi] [--patient-dir DIR] [--epochs 6]
+          [--iterations 10] [--lr 2e-4] [--threads 2] [--device cpu|cuda] [--repeats 1]
+The tables printed at the end are what goes into BENCHMARKS.md. Research only, not for clinical use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_PATIENT = REPO / "mlruns" / "datasets" / "finetune_bench" / "snr20" / "SYN-RP-001"
+
+
+def _patient(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    if not (DEFAULT_PATIENT / "fx02" / "labels.nii.gz").is_file():
+        from sarcart.phantom import load_spec, write_cohort
+
+        spec = load_spec(REPO / "configs" / "cohorts" / "trufi_test_snr20.yaml", fractions=2, patients=1, workers=1)
+        write_cohort(spec, DEFAULT_PATIENT.parent, show_progress=False)
+    return DEFAULT_PATIENT
+
+
+def _model(name: str) -> str:
+    from sarcart.models.bundle import shipped_models
+
+    if name in shipped_models() or Path(name).exists() or "://" in name or name.startswith("models:/"):
+        return name
+    fallback = REPO / "mlruns" / "train" / name / "all" / "bundle.pt"
+    if fallback.is_file():
+        print(f"(model {name!r} is not shipped yet; using {fallback.relative_to(REPO)})")
+        return str(fallback)
+    return name
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sarcart.training.config import OptimConfig
+    from sarcart.training.finetune import FinetuneConfig, finetune
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="trufi")
+    ap.add_argument("--patient-dir", type=Path)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--store", help="MLflow store (default: a temporary one)")
+    args = ap.parse_args(argv)
+    patient, model = _patient(args.patient_dir), _model(args.model)
+    cfg = FinetuneConfig(epochs=args.epochs, iterations_per_epoch=args.iterations, optim=OptimConfig(lr=args.lr),
+                         threads=args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="sarcart-bench-finetune-"))
+    load_before = _load()
+    results = []
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        res = finetune(patient, model, fractions=[0, 1], holdout=2, config=cfg, device=args.device,
+                       out=tmp / f"run{r}", store=args.store or tmp / "mlruns")
+        results.append((res, time.perf_counter() - t0))
+    res = results[-1][0]
+    iters = args.epochs * args.iterations
+    ft_s = statistics.median(x.finetune_seconds for x, _ in results)
+    print(f"\nfine-tuning {model} on fx00+fx01 of {patient.name} (sources: {res.sources}); held out fx02")
+    print(f"machine: {platform.node()}, {os.cpu_count()} CPU(s) visible, device {args.device}, "
+          f"{args.threads} torch thread(s); load average (1/5/15 min) before {load_before}, after {_load()}\n")
+    print("| structure | Dice pop | Dice patient | gain | sDice 2 mm pop | sDice 2 mm patient | gain "
+          "| HD95 pop (mm) | HD95 patient (mm) | gain (mm) | not worse |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in res.comparison.to_dict("records"):
+        cells = []
+        for m, fmt in (("dice", "{:.3f}"), ("surface_dice_2mm", "{:.3f}"), ("hd95_mm", "{:.1f}")):
+            cells += [fmt.format(row[f"{m}_population"]), fmt.format(row[f"{m}_patient"]),
+                      ("{:+.3f}" if m != "hd95_mm" else "{:+.1f}").format(row[f"{m}_gain"])]
+        print(f"| {row['structure']} | " + " | ".join(cells) + f" | {'yes' if row['not_worse'] else 'NO'} |")
+    print("\n| figure | value |\n|---|---|")
+    print(f"| fine-tuning (median of {args.repeats}) | {ft_s:.0f} s ({iters} iterations, "
+          f"{ft_s / iters:.2f} s/iteration) |")
+    print(f"| scoring both models (2 fit fractions + held-out, 6 whole-image inferences) | {res.eval_seconds:.0f} s |")
+    print(f"| whole command (incl. label maps, MLflow logging) | {statistics.median(w for _, w in results):.0f} s |")
+    print(f"| loss (Dice+CE) on fx00+fx01, population -> patient | {res.loss_before:.4f} -> {res.loss_after:.4f} |")
+    print(f"| decision | {'kept (champion)' if res.kept else 'rejected'} ({res.name} v{res.version}) |")
+    _as_deployed(patient, model, res, args.device)
+    return 0
+
+
+def _as_deployed(patient: Path, model: str, res, device: str) -> None:  # type: ignore[no-untyped-def]
+    """The same held-out comparison through the predictor as the service runs it (post-processing, no TTA)."""
+    import pandas as pd
+
+    from sarcart.inference.predictor import Predictor, PredictorConfig
+    from sarcart.io.labels import read_labels
+    from sarcart.io.nifti import read_nifti
+    from sarcart.training.finetune import compare
+    from sarcart.training.metrics import score_case
+
+    image = read_nifti(patient / "fx02" / "image.nii.gz")
+    labels = read_labels(res.out_dir / "labels" / "fx02.nii.gz")[0].array
+    tables = []
+    for ref in (model, res.bundle_path):
+        pred = Predictor(ref, config=PredictorConfig(device=device, tta=False, postprocess=True))
+        structures = pred.structures
+        truth = {s: labels == k for k, s in enumerate(structures, 1) if (labels == k).any()}
+        tables.append(pd.DataFrame(score_case(pred.masks(image), truth, image.geometry.spacing_mm)))
+    keep, table = compare(*tables)
+    print("\nas deployed (predictor: largest component for GTV/kidneys, holes filled; no TTA), held-out fx02:\n")
+    print("| structure | Dice pop | Dice patient | sDice 2 mm pop | sDice 2 mm patient | HD95 pop (mm) "
+          "| HD95 patient (mm) | not worse |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in table.to_dict("records"):
+        print(f"| {r['structure']} | {r['dice_population']:.3f} | {r['dice_patient']:.3f} | "
+              f"{r['surface_dice_2mm_population']:.3f} | {r['surface_dice_2mm_patient']:.3f} | "
+              f"{r['hd95_mm_population']:.1f} | {r['hd95_mm_patient']:.1f} | {'yes' if r['not_worse'] else 'NO'} |")
+    print(f"\nkeep rule applied to the deployed outputs: {'kept' if keep else 'rejected'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

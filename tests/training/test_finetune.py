@@ -1,0 +1,201 @@
+"""Patient-specific fine-tuning on CPU: a tiny population model, a tiny synthetic course, MLflow in a temp store."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sarcart import tracking
+from sarcart.errors import ConfigError
+from sarcart.io.course import CourseConfig, Prescription, write_course
+from sarcart.io.labels import LabelSpec, write_labels
+from sarcart.io.nifti import write_mask, write_nifti
+from sarcart.models.bundle import ModelBundle, load_bundle, save_bundle
+from sarcart.models.networks import build_network
+from sarcart.training.config import AugmentConfig, OptimConfig
+from sarcart.training.dataset import build_dataset, load_datalist
+from sarcart.training.finetune import (
+    FinetuneConfig,
+    choose_fractions,
+    compare,
+    fine_tune,
+    finetune,
+    model_name,
+    patient_model,
+)
+from sarcart.training.toy import toy_case, write_toy_dataset
+
+SHAPE = (32, 32, 16)
+SPEC = LabelSpec(values={1: "GTV"}, structures={"GTV": (1,)})
+NO_AUG = AugmentConfig(enabled=False)
+
+
+def _patient(root, *, name="TOY-PAT-7", fractions=3):
+    """A course whose tumour is DARKER than the body (the population's toy tumours are brighter)."""
+    write_course(root, CourseConfig(patient=name, site="retroperitoneum", synthetic=True,
+                                    prescription=Prescription(dose_gy=48, fractions=fractions)))
+    for i in range(fractions):
+        image, masks = toy_case(500 + i, shape=SHAPE)
+        # the same tumour every day, shifted by i voxels (a set-up shift), inside the body
+        gtv = np.roll(toy_case(77, shape=SHAPE)[1]["GTV"].array, i, axis=0) & (image.array > 250)
+        arr = image.array.copy()
+        arr[masks["GTV"].array] = 500 + np.random.default_rng(i).normal(0, 75, int(masks["GTV"].array.sum()))
+        arr[gtv] = 0.45 * 500 + np.random.default_rng(i + 9).normal(0, 75, int(gtv.sum()))
+        fx = root / f"fx{i:02d}"
+        write_nifti(image.with_array(arr.astype(np.float32)), fx / "image.nii.gz")
+        write_labels(image.with_array(gtv.astype(np.uint8)), SPEC, fx / "labels.nii.gz")
+    return root
+
+
+def _tiny_plan():
+    """The tiny configuration's plan (configs/train/tiny.yaml), written out to skip the fingerprint."""
+    from sarcart.models.plan import NetworkPlan, Plan, Schedule
+
+    net = NetworkPlan(name="DynUNet", kernel_size=[(3, 3, 3)] * 3, strides=[(1, 1, 1), (2, 2, 2), (2, 2, 2)],
+                      filters=[8, 16, 32], deep_supervision=True, deep_supr_num=1)
+    sched = Schedule(epochs=1, iterations_per_epoch=1, batch_size=2, est_seconds_per_iteration=0.1,
+                     est_training_minutes=0.1)
+    return Plan(task="tiny", structures=["GTV"], target_spacing_mm=(2.0, 2.0, 3.0), patch_size=(32, 32, 16),
+                network=net, schedule=sched, flip_axes=(0, 1, 2))
+
+
+def _cfg(lr, **kw):  # one thread: two spin-waiting threads on a shared, loaded CPU are ~10x slower
+    return FinetuneConfig(epochs=6, iterations_per_epoch=5, optim=OptimConfig(lr=lr, weight_decay=0.0),
+                          augment=NO_AUG, threads=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("ft")
+    write_toy_dataset(root / "toy", 6, seed=3, shape=SHAPE)
+    rep = build_dataset(root / "toy", root / "set", structures=["GTV"], n_folds=3, seed=0)
+    plan = _tiny_plan()
+    torch.manual_seed(0)
+    init = ModelBundle(plan, build_network(plan.network, out_channels=plan.n_classes).state_dict(), {"name": "tiny"})
+    population, _, _ = fine_tune(init, load_datalist(rep.datalist)["training"], _cfg(0.02))  # the toy cohort
+    pop_path = save_bundle(population, root / "population.pt")
+    return {"root": root, "population": pop_path, "patient": _patient(root / "patient"), "store": root / "mlruns"}
+
+
+def _table(sdice, hd95, structures=("GTV", "BOWEL")):
+    return pd.DataFrame([{"structure": s, "region": "all", "dice": d, "surface_dice_2mm": d, "hd95_mm": h}
+                         for s, d, h in zip(structures, sdice, hd95)])
+
+
+def test_keep_rule_on_known_metric_tables():
+    pop = _table([0.80, 0.60], [4.0, 10.0])
+    keep, t = compare(pop, _table([0.80, 0.70], [4.0, 8.0]))  # equal GTV, better BOWEL: not worse -> keep
+    assert keep and t["not_worse"].all()
+    assert t.set_index("structure").at["BOWEL", "hd95_mm_gain"] == pytest.approx(-2.0)
+    keep, t = compare(pop, _table([0.95, 0.59], [2.0, 9.0]))  # BOWEL surface Dice 0.01 worse -> reject
+    assert not keep and t.set_index("structure")["not_worse"].to_dict() == {"GTV": True, "BOWEL": False}
+    keep, _ = compare(pop, _table([0.90, 0.70], [4.5, 8.0]))  # GTV HD95 0.5 mm worse -> reject ...
+    assert not keep
+    keep, _ = compare(pop, _table([0.90, 0.70], [4.5, 8.0]), hd95_tolerance_mm=0.5)  # ... unless tolerated
+    assert keep
+    keep, t = compare(pop, _table([0.90, np.nan], [3.0, np.nan]))  # a structure lost by the patient model
+    assert not keep and not t.set_index("structure").at["BOWEL", "not_worse"]
+    absent = _table([0.8, np.nan], [4.0, np.nan])  # BOWEL absent from the held-out reference: not scored
+    keep, t = compare(absent, absent)
+    assert keep and t["scored"].tolist() == [True, False]
+    keep, _ = compare(_table([np.nan], [np.nan], ["GTV"]), _table([np.nan], [np.nan], ["GTV"]))
+    assert not keep  # nothing scored: nothing shows the patient model is not worse
+
+
+def test_fraction_choice_never_fine_tunes_on_the_held_out_fraction():
+    assert choose_fractions([0, 1, 2]) == ([0, 1], 2)
+    assert choose_fractions([0, 1, 2, 3], fractions=[1, 2]) == ([1, 2], 3)
+    assert choose_fractions([0, 1, 2, 3], fractions=[2, 3]) == ([2, 3], 1)
+    assert choose_fractions([0, 1, 2], holdout=0) == ([1, 2], 0)
+    with pytest.raises(ConfigError, match="must not be used for fine-tuning"):
+        choose_fractions([0, 1, 2], fractions=[1, 2], holdout=2)
+    with pytest.raises(ConfigError, match=r"\[5\] have no approved contours"):
+        choose_fractions([0, 1, 2], fractions=[1, 5])
+    with pytest.raises(ConfigError, match="no approved fraction is left"):
+        choose_fractions([1, 2], fractions=[1, 2])
+
+
+def test_kept_only_when_not_worse_and_the_alias_moves_only_then(setup, tmp_path):
+    import mlflow
+
+    from sarcart.io.labels import read_labels
+    from sarcart.io.nifti import read_nifti
+    from sarcart.training.metrics import mask_metrics
+    from sarcart.training.train import segmenter_for
+
+    store, patient = setup["store"], setup["patient"]
+    name = model_name("tiny", patient)
+    assert name == f"sarcart-tiny-patient-{tracking.hash_id('TOY-PAT-7')}"
+    assert patient_model(patient, "tiny", store=store) is None
+    good = finetune(patient, setup["population"], fractions=[0, 1], config=_cfg(0.01), out=tmp_path / "good",
+                    store=store)
+    assert good.holdout == 2 and good.fit_fractions == [0, 1]
+    assert set(good.sources) == {"fx00", "fx01", "fx02"} and "labels.nii.gz" in good.sources["fx01"]
+    # the loss on the fine-tuning fractions falls (the same whole-image loss, before and after)
+    assert good.loss_after < 0.7 * good.loss_before, (good.loss_before, good.loss_after)
+    row = good.comparison.set_index("structure").loc["GTV"]
+    assert row["surface_dice_2mm_patient"] > row["surface_dice_2mm_population"] + 0.2, row.to_dict()
+    assert good.kept and good.version == "1"
+    assert patient_model(patient, "tiny", store=store) == f"models:/{name}/1"
+    # the table's held-out HD95 is what an independent scoring of the saved bundle gives
+    ref = read_labels(patient / "fx02" / "labels.nii.gz")[0]
+    pred = segmenter_for(load_bundle(good.bundle_path))(read_nifti(patient / "fx02" / "image.nii.gz"))["GTV"]
+    assert mask_metrics(pred, ref.array == 1, ref.geometry.spacing_mm)["hd95_mm"] == pytest.approx(
+        row["hd95_mm_patient"], abs=1e-4)
+
+    # a deliberately worse model: fine-tune the kept model v1 again on approved contours that are wrong
+    bad_dir = tmp_path / "same-patient"
+    shutil.copytree(patient, bad_dir)
+    for i in (0, 1):
+        lab = read_labels(bad_dir / f"fx{i:02d}" / "labels.nii.gz")[0]
+        write_mask(lab.with_array(np.roll(lab.array == 1, 8, axis=1)), bad_dir / f"fx{i:02d}/approved/masks/GTV.nii.gz")
+    bad = finetune(bad_dir, f"models:/{name}/1", config=_cfg(0.01), out=tmp_path / "bad", store=store)
+    assert bad.sources["fx00"] == "approved/masks" and "labels" in bad.sources["fx02"]
+    r1 = bad.comparison.set_index("structure").loc["GTV"]
+    assert r1["hd95_mm_population"] == pytest.approx(row["hd95_mm_patient"], abs=1e-4)  # the baseline is v1
+    assert not bad.kept and bad.version == "2" and not bad.comparison["not_worse"].all()
+    client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(store))
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"  # the alias did not move
+    assert client.get_model_version(name, "2").tags["decision"] == "rejected"
+    assert patient_model(bad_dir, "tiny", store=store) == f"models:/{name}/1"
+    run = client.get_run(bad.run_id)
+    assert "TOY-PAT-7" not in str(run.data.params) + str(run.data.tags)  # hashed patient id only
+    assert run.data.metrics["fit_loss_population"] == pytest.approx(bad.loss_before)
+
+
+def test_cli_rejects_a_holdout_used_for_fine_tuning(setup, tmp_path, capsys):
+    from sarcart.cli import main
+
+    rc = main(["finetune", "--patient-dir", str(setup["patient"]), "--model", str(setup["population"]),
+               "--fractions", "1,2", "--holdout", "2", "--out", str(tmp_path), "--store", str(tmp_path / "s")])
+    assert rc == 2
+    assert "must not be used for fine-tuning" in " ".join(capsys.readouterr().err.split())
+
+
+def test_approved_rtstruct_is_read_on_the_fraction_series_and_preferred_to_the_labels(tmp_path):
+    from sarcart.io.course import load_course
+    from sarcart.io.dicom_series import read_dicom_series
+    from sarcart.io.dicom_write import write_dicom_series
+    from sarcart.io.labels import read_labels
+    from sarcart.io.nifti import read_nifti
+    from sarcart.io.rtstruct_write import write_rtstruct
+    from sarcart.training.finetune import approved_masks
+
+    course = load_course(_patient(tmp_path / "p", fractions=2))
+    fx = course.fraction(1)
+    image = read_nifti(fx.image)
+    write_dicom_series(image, fx.mr_dir, uid_seed="ft-test")
+    truth = read_labels(fx.labels)[0].array == 1
+    approved = np.roll(truth, 2, axis=2)  # the clinician moved the contour by two slices
+    write_rtstruct({"GTV_Mass": approved}, read_dicom_series(fx.mr_dir), fx.approved_dir / "rtstruct.dcm")
+    masks, src = approved_masks(fx, image)
+    assert src == "approved/rtstruct.dcm" and set(masks) == {"GTV"}  # clinical name mapped to the canonical one
+    dice = 2 * (masks["GTV"] & approved).sum() / (masks["GTV"].sum() + approved.sum())
+    assert dice > 0.9, dice  # the approved contour, not the labels (Dice with the labels is far lower)
+    assert 2 * (masks["GTV"] & truth).sum() / (masks["GTV"].sum() + truth.sum()) < dice - 0.1

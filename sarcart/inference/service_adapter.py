@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sarcart import tracking
 from sarcart.inference.predictor import Predictor, PredictorConfig, Segmentation
 from sarcart.inference.qa import QACalibration, input_check, structure_qa, target_size_check
 from sarcart.io.geometry import Volume
@@ -65,8 +66,23 @@ def segmentation_qa(image: Volume, seg: Segmentation, predictor: Predictor, *,
     return report
 
 
+def patient_model_uri(task: str, patient_id: str, *, store: str | None = None) -> str | None:
+    """The kept patient-specific model of ``patient_id`` (``sarcart finetune``), as ``models:/name/version``.
+
+    The registered name is ``sarcart-<task>-patient-<hash_id(patient id)>`` (the same name
+    :func:`sarcart.training.finetune.model_name` gives a course whose ``patient`` is this id); the version
+    is the one holding the ``champion`` alias, which fine-tuning moves only when the patient model was not
+    worse than the population model on a held-out fraction. None when there is none.
+    """
+    if not patient_id:
+        return None
+    name = f"sarcart-{task}-patient-{tracking.hash_id(patient_id)}"
+    mv = tracking.alias_version(name, store=store)
+    return f"models:/{name}/{mv.version}" if mv is not None else None
+
+
 def make_segmenter(model: str, *, device: str | None = None, tta: bool = False,
-                   calibration: QACalibration | None = None) -> SeriesSegmenter:
+                   calibration: QACalibration | None = None, patient_models: bool = True) -> SeriesSegmenter:
     """A warm segmenter for the service: ``series -> (masks, qa, "name version")``.
 
     Args:
@@ -75,15 +91,32 @@ def make_segmenter(model: str, *, device: str | None = None, tta: bool = False,
         tta: test-time augmentation over the plan's allowed flips (the confidence then reflects their
             disagreement).
         calibration: QA confidence calibration (fitted on validation cases).
+        patient_models: use a patient's kept fine-tuned model (:func:`patient_model_uri`, looked up by the
+            series' PatientID) instead of the population model when one exists.
     """
-    predictor = Predictor(model, config=PredictorConfig(tta=tta, device=device, keep_probabilities=True))
+    config = PredictorConfig(tta=tta, device=device, keep_probabilities=True)
+    population = Predictor(model, config=config)
+    warm: dict[str, Predictor] = {}
+
+    def choose(series: Any) -> Predictor:
+        header = getattr(series, "header", None)
+        pid = str(header.get("PatientID", "")) if header is not None else ""
+        uri = patient_model_uri(population.bundle.plan.task, pid) if patient_models and pid else None
+        if uri is None:
+            return population
+        if uri not in warm:
+            warm[uri] = Predictor(uri, config=config)
+            log.info("patient-specific model %s loaded for patient %s", uri, tracking.hash_id(pid))
+        return warm[uri]
 
     def segment(series: Any) -> tuple[dict[str, Volume], dict[str, Any], str]:
         image = series.volume
+        predictor = choose(series)
         seg = predictor(image)
         qa = segmentation_qa(image, seg, predictor, calibration=calibration)
         qa["seconds"] = round(seg.seconds, 3)
         qa["postprocessing"] = list(seg.notes)
+        qa["patient_specific_model"] = predictor is not population
         name = f"{seg.model} {seg.version}".strip()
         log.info("segmented %s with %s in %.1f s; flagged: %s", getattr(series, "series_uid", "series"),
                  name, seg.seconds, qa["flagged"] or "none")

@@ -83,3 +83,34 @@ def test_diffuse_probabilities_edge_contact_and_sagittal_input_are_flagged(monke
     sag, _ = _image((slice(12, 26), slice(10, 24), slice(5, 11)), direction=(0, 0, 1, 1, 0, 0, 0, 1, 0))
     _, qa2, _ = seg(SimpleNamespace(volume=sag))
     assert any("not axial" in f for f in qa2["image"]["flags"]) and qa2["image_flagged"]
+
+
+def test_a_kept_patient_model_is_preferred_by_patient_id(monkeypatch, bundle_path, tmp_path):
+    """The name looked up is the one `sarcart finetune` registers for a course of that patient."""
+    import sarcart.inference.service_adapter as sa
+    from sarcart.io.course import CourseConfig, Prescription, write_course
+    from sarcart.training.finetune import model_name
+
+    write_course(tmp_path / "P", CourseConfig(patient="PAT-7", site="retroperitoneum",
+                                              prescription=Prescription(dose_gy=48.0, fractions=6)))
+    expected = model_name("t", tmp_path / "P")
+    versions = {expected: SimpleNamespace(name=expected, version="4")}
+    monkeypatch.setattr(sa.tracking, "alias_version", lambda name, **kw: versions.get(name))
+    monkeypatch.setattr(sa, "segmentation_qa", lambda *a, **k: {"flagged": []})
+    built = []
+
+    class FakePredictor:
+        def __init__(self, model, config=None):
+            built.append(str(model))
+            self.model = str(model)
+            self.bundle = SimpleNamespace(plan=SimpleNamespace(task="t"))
+
+        def __call__(self, image):
+            return SimpleNamespace(seconds=0.0, notes=[], model=self.model, version="", structures=[])
+
+    monkeypatch.setattr(sa, "Predictor", FakePredictor)
+    seg = make_segmenter(str(bundle_path), device="cpu")
+    used = [seg(SimpleNamespace(volume=None, header={"PatientID": pid}))[1:] for pid in ("PAT-7", "PAT-8", "PAT-7")]
+    assert [u[1] for u in used] == [f"models:/{expected}/4", str(bundle_path), f"models:/{expected}/4"]
+    assert [u[0]["patient_specific_model"] for u in used] == [True, False, True]
+    assert built == [str(bundle_path), f"models:/{expected}/4"]  # each model loaded once and kept warm

@@ -184,3 +184,75 @@ def target_size_check(targets: Mapping[str, Volume], *, max_field_mm: tuple[floa
             flags.append(f"{name} extent {max(ex, ey) / 10:.1f} x {ez / 10:.1f} cm exceeds the "
                          f"{max_field_mm[0] / 10:.1f} x {max_field_mm[1] / 10:.1f} cm maximum field")
     return flags
+
+
+def structure_confidences(probabilities: np.ndarray, labels: np.ndarray, structures: Sequence[str], *,
+                          band_vox: int = 2) -> dict[str, float]:
+    """Raw soft-Dice confidence of every structure of a segmentation.
+
+    Args:
+        probabilities: ``(C, nx, ny, nz)`` class probabilities (channel 0 = background, channel k =
+            ``structures[k - 1]``), any float dtype, on the grid of ``labels``.
+        labels: ``(nx, ny, nz)`` integer label map (k = ``structures[k - 1]``), after post-processing.
+        structures: structure names in label order.
+        band_vox: dilation of the mask that defines each structure's neighbourhood (voxels).
+
+    Returns:
+        ``{structure: soft Dice in [0, 1]}`` (0 for an empty mask), see :func:`soft_dice_confidence`.
+    """
+    p = np.asarray(probabilities)
+    if p.ndim != 4 or p.shape[0] != len(structures) + 1 or p.shape[1:] != np.shape(labels):
+        raise ValueError(f"probabilities must have shape (1 + {len(structures)}, *labels.shape) = "
+                         f"{(len(structures) + 1, *np.shape(labels))}, got {p.shape}")
+    lab = np.asarray(labels)
+    return {s: soft_dice_confidence(p[k], lab == k, band_vox=band_vox) for k, s in enumerate(structures, 1)}
+
+
+def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
+    """Area under the ROC curve of ``scores`` for detecting ``positive`` (ties count one half).
+
+    The Mann-Whitney form: P(score of a positive > score of a negative) + ½ P(equal) (Hanley & McNeil,
+    Radiology 1982, doi 10.1148/radiology.143.1.7063747). NaN when either class is empty.
+    """
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(positive, dtype=bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(f"scores and positive must be 1-D of equal length, got {s.shape} and {y.shape}")
+    pos, neg = s[y], s[~y]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([pos, neg]))  # average ranks handle ties
+    return float((ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size))
+
+
+def auroc_ci(scores: Sequence[float], positive: Sequence[bool], *, groups: Sequence[Any] | None = None,
+             n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of :func:`auroc`.
+
+    Args:
+        groups: cluster labels (e.g. the image each contour came from); whole clusters are resampled,
+            so contours of the same image are not treated as independent. None = every item its own.
+        n_boot: resamples (those missing a class are skipped).
+        alpha: 0.05 for a 95 % interval.
+
+    Returns:
+        ``(low, high)``; ``(nan, nan)`` when no resample holds both classes.
+    """
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(positive, dtype=bool)
+    g = np.arange(s.size) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    members = [np.flatnonzero(g == k) for k in range(int(g.max()) + 1)] if s.size else []
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(members), len(members))
+        idx = np.concatenate([members[k] for k in pick])
+        a = auroc(s[idx], y[idx])
+        if np.isfinite(a):
+            stats.append(a)
+    if not stats:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)

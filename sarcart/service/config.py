@@ -69,6 +69,10 @@ class ServiceConfig(BaseModel):
     send_attempts: int = Field(default=5, ge=1, le=100, description="C-STORE attempts before a dead letter")
     send_backoff_s: float = Field(default=2.0, ge=0, le=600, description="first retry delay, doubled each time")
     workers: int = Field(default=1, ge=1, le=8, description="jobs processed in parallel")
+    courses: Path | None = Field(default=None, description="folder of patient courses: a series whose PatientID has "
+                                 "a set-up course there runs the whole adaptive pipeline (RTSTRUCT+RTPLAN+RTDOSE)")
+    adapt_config: Path | None = Field(default=None, description="adapt configuration YAML for those series "
+                                      "(default: configs/adapt/default.yaml values)")
 
     @field_validator("ae_title")
     @classmethod

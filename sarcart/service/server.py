@@ -40,7 +40,11 @@ class Service:
         self.db = ServiceDB(Path(config.storage) / "queue.db")
         self.scp = StorageSCP(config, self.db)
         if pipeline is None:
-            seg = SegmentationPipeline(segmenter or default_segmenter(config))
+            seg: Any = SegmentationPipeline(segmenter or default_segmenter(config))
+            if config.courses is not None:
+                from sarcart.service.adapt_pipeline import AdaptPipeline
+
+                seg = AdaptPipeline(config.courses, seg, adapt_config=config.adapt_config, device=config.device)
             pipeline = DispatchPipeline(seg, ImportPipeline(self.db))
         self.worker = Worker(config, self.db, pipeline)
         self.sender = Sender(self.db, calling_aet=config.ae_title, max_attempts=config.send_attempts,

@@ -159,3 +159,84 @@ def test_sigkill_during_transfer_loses_nothing(tmp_path, tools) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_two_series_sent_at_once_are_not_mixed(tmp_path, tools) -> None:
+    """Instances of two series interleaved on two associations group by SeriesInstanceUID: two jobs, two RTSTRUCTs."""
+    make_series(tmp_path / "a", seed="series-a", shape=(32, 28, 10))
+    make_series(tmp_path / "b", seed="series-b", shape=(32, 28, 6))
+    pacs_port = free_port()
+    cfg = _config(tmp_path, destinations=[f"PACS@127.0.0.1:{pacs_port}"])
+    pacs = start_storescp(tools["storescp"], tmp_path / "pacs", pacs_port)
+    svc = Service(cfg, segmenter=threshold_segmenter)
+    svc.start(http=False)
+    try:
+        senders = [subprocess.Popen([tools["storescu"], "-aet", "CONSOLE", "-aec", cfg.ae_title, "+sd", "+r",
+                                     "127.0.0.1", str(cfg.port), str(tmp_path / s)]) for s in ("a", "b")]
+        assert [p.wait(timeout=120) for p in senders] == [0, 0]
+        jobs = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
+            svc.db.query("SELECT * FROM jobs WHERE state='done'")), 90, "two jobs")
+        rts = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
+            [f for f in (tmp_path / "pacs").rglob("*") if f.is_file()]), 60, "two RTSTRUCTs")
+    finally:
+        svc.stop()
+        pacs.terminate()
+    sent = {read_dicom_series(tmp_path / s).series_instance_uid: n for s, n in (("a", 10), ("b", 6))}
+    got = {}
+    for f in rts:
+        ds = pydicom.dcmread(f)
+        ref = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+        got[ref.SeriesInstanceUID] = len(ref.ContourImageSequence)
+    assert got == sent and {j["series_uid"] for j in jobs} == set(sent)
+
+
+def test_corrupted_instance_fails_its_job_and_the_service_stays_up(tmp_path, tools) -> None:
+    """Pixel data shorter than Rows x Columns: stored as received, the job fails naming the problem."""
+    make_series(tmp_path / "bad", seed="bad")
+    f = tmp_path / "bad" / "MR_0003.dcm"
+    ds = pydicom.dcmread(f)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.save_as(f)
+    make_series(tmp_path / "good", seed="good")
+    cfg = _config(tmp_path)
+    svc = Service(cfg, segmenter=threshold_segmenter)
+    svc.start(http=False)
+    try:
+        _storescu(tools["storescu"], cfg, tmp_path / "bad")
+        bad = wait_for(lambda: (svc.db.query("SELECT * FROM jobs WHERE state IN ('done','failed')") or [None])[0],
+                       60, "the job of the corrupted series")
+        assert _storescu(tools["storescu"], cfg, tmp_path / "good").returncode == 0
+        good = wait_for(lambda: (svc.db.query("SELECT * FROM jobs WHERE id > ? AND state IN ('done','failed')",
+                                              (bad["id"],)) or [None])[0], 60, "the next job")
+    finally:
+        svc.stop()
+    assert bad["state"] == "failed" and bad["error"]
+    assert good["state"] == "done"
+
+
+def test_truncated_association_keeps_what_arrived(tmp_path, tools) -> None:
+    """An association aborted half-way: the instances stored before stay, the service accepts the re-send."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage
+
+    truth = make_series(tmp_path / "mr", shape=(32, 28, 10))
+    cfg = _config(tmp_path)
+    svc = Service(cfg, segmenter=threshold_segmenter)
+    svc.start(http=False)
+    try:
+        ae = AE(ae_title="CONSOLE")
+        ae.add_requested_context(MRImageStorage)
+        assoc = ae.associate("127.0.0.1", cfg.port, ae_title=cfg.ae_title)
+        assert assoc.is_established
+        files = sorted((tmp_path / "mr").glob("*.dcm"))
+        statuses = [assoc.send_c_store(pydicom.dcmread(p)).Status for p in files[:4]]
+        assoc.abort()  # the console dies mid-series
+        assert statuses == [0, 0, 0, 0]
+        assert svc.db.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 4
+        assert _storescu(tools["storescu"], cfg, tmp_path / "mr").returncode == 0
+        job = wait_for(lambda: (svc.db.query("SELECT * FROM jobs WHERE state='done'") or [None])[0], 90,
+                       "a successful job after the re-send")
+        assert svc.db.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == truth.shape[2]
+    finally:
+        svc.stop()
+    assert "GTV" in job["summary"]

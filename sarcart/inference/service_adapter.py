@@ -81,6 +81,12 @@ def patient_model_uri(task: str, patient_id: str, *, store: str | None = None) -
     return f"models:/{name}/{mv.version}" if mv is not None else None
 
 
+def bundle_calibration(bundle: Any) -> QACalibration | None:
+    """The QA calibration fitted for a model (``meta["qa_calibration"]``: ``a``, ``b``), or None."""
+    c = dict(getattr(bundle, "meta", {}) or {}).get("qa_calibration")
+    return QACalibration(a=float(c["a"]), b=float(c["b"])) if c else None
+
+
 def make_segmenter(model: str, *, device: str | None = None, tta: bool = False,
                    calibration: QACalibration | None = None, patient_models: bool = True) -> SeriesSegmenter:
     """A warm segmenter for the service: ``series -> (masks, qa, "name version")``.
@@ -90,7 +96,8 @@ def make_segmenter(model: str, *, device: str | None = None, tta: bool = False,
         device: ``cpu``, ``cuda``...; None = CUDA when available.
         tta: test-time augmentation over the plan's allowed flips (the confidence then reflects their
             disagreement).
-        calibration: QA confidence calibration (fitted on validation cases).
+        calibration: QA confidence calibration; None = the one fitted for the model (its bundle's
+            ``meta["qa_calibration"]``), else the package default.
         patient_models: use a patient's kept fine-tuned model (:func:`patient_model_uri`, looked up by the
             series' PatientID) instead of the population model when one exists.
     """
@@ -113,7 +120,10 @@ def make_segmenter(model: str, *, device: str | None = None, tta: bool = False,
         image = series.volume
         predictor = choose(series)
         seg = predictor(image)
-        qa = segmentation_qa(image, seg, predictor, calibration=calibration)
+        cal = calibration or bundle_calibration(predictor.bundle)
+        qa = segmentation_qa(image, seg, predictor, calibration=cal)
+        qa["calibration"] = "fitted for the model" if calibration is None and cal is not None else (
+            "given" if calibration is not None else "package default (not fitted for this model)")
         qa["seconds"] = round(seg.seconds, 3)
         qa["postprocessing"] = list(seg.notes)
         qa["patient_specific_model"] = predictor is not population

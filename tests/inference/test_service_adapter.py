@@ -114,3 +114,29 @@ def test_a_kept_patient_model_is_preferred_by_patient_id(monkeypatch, bundle_pat
     assert [u[1] for u in used] == [f"models:/{expected}/4", str(bundle_path), f"models:/{expected}/4"]
     assert [u[0]["patient_specific_model"] for u in used] == [True, False, True]
     assert built == [str(bundle_path), f"models:/{expected}/4"]  # each model loaded once and kept warm
+
+
+def test_the_model_s_fitted_calibration_is_used(monkeypatch, tmp_path):
+    """meta["qa_calibration"] = (a, b) -> confidence = 1 / (1 + exp(-(a * raw + b))), computed here."""
+    import math
+
+    from sarcart.models.bundle import load_bundle
+
+    image, _ = _image((slice(12, 26), slice(10, 24), slice(5, 11)))
+    net = NetworkPlan(name="DynUNet", kernel_size=[(3, 3, 3)] * 2, strides=[(1, 1, 1), (2, 2, 2)], filters=[4, 8])
+    plan = Plan(task="t", structures=["GTV"], target_spacing_mm=(2.0, 2.0, 3.0), patch_size=(16, 16, 16),
+                network=net, flip_axes=(), schedule=Schedule(epochs=1, iterations_per_epoch=1, batch_size=1,
+                                                             est_seconds_per_iteration=0, est_training_minutes=0))
+    path = save_bundle(ModelBundle(plan, {}, {"name": "sign", "qa_calibration": {"a": 10.0, "b": -5.0}}),
+                       tmp_path / "cal.pt")
+    assert load_bundle(path).meta["qa_calibration"]["a"] == 10.0
+    seg = _segmenter(monkeypatch, path, _offset(image.array), gain=1.0)
+    _, qa, _ = seg(SimpleNamespace(volume=image))
+    q = qa["structures"]["GTV"]
+    assert q["confidence"] == pytest.approx(1.0 / (1.0 + math.exp(-(10.0 * q["confidence_raw"] - 5.0))))
+    assert qa["calibration"] == "fitted for the model"
+    # the shipped trufi bundle carries the calibration fitted by benchmarks/bench_qa_flags.py
+    from sarcart.models.bundle import resolve_model
+
+    shipped = load_bundle(resolve_model("trufi")).meta["qa_calibration"]
+    assert shipped["a"] > 0 and 0.85 < -shipped["b"] / shipped["a"] < 0.95  # flags below raw confidence ~0.9

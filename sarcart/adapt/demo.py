@@ -25,15 +25,24 @@ log = logging.getLogger(__name__)
 
 DEMO_SPACING_MM = "6,6,6"
 DEMO_SEED = 0
+#: fx00 GTV of the retroperitoneal demo: the trial's 81 cc case (Blitzer et al., J Clin Med 2022;11:1042)
+DEMO_RP_GTV_CC = 81.0
 
 
 def synthesise(site: str, out: Path, *, fractions: int = 6, seed: int = DEMO_SEED) -> Path:
     """One synthetic patient (course layout) in ``out/cohort``; returns its folder."""
+    import yaml
+
     cohort = out / "cohort"
     if not any(cohort.glob("*/course.yaml")):
-        subprocess.run([sys.executable, "-m", "sarcart.cli", "synth", "--out", str(cohort), "--patients", "1",
-                        "--fractions", str(fractions), "--site", site, "--spacing", DEMO_SPACING_MM, "--seed", str(seed),
-                        "--no-progress", "--workers", "1"], check=True, stdout=subprocess.DEVNULL)
+        spec = {"patients": 1, "fractions": fractions, "site": site, "seed": seed, "workers": 1,
+                "spacing_mm": [float(v) for v in DEMO_SPACING_MM.split(",")]}
+        if site == "retroperitoneum":
+            spec["tumour_cc"] = [DEMO_RP_GTV_CC, DEMO_RP_GTV_CC]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "demo_spec.yaml").write_text(yaml.safe_dump(spec))
+        subprocess.run([sys.executable, "-m", "sarcart.cli", "synth", "--spec", str(out / "demo_spec.yaml"),
+                        "--out", str(cohort), "--no-progress"], check=True, stdout=subprocess.DEVNULL)
     patient = next(p.parent for p in sorted(cohort.glob("*/course.yaml")))
     return _match_site_prescription(patient)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.errors
 import pytest
 import yaml
 
@@ -48,7 +49,10 @@ def _received(folder: Path) -> dict[str, pydicom.Dataset]:
     out = {}
     for f in folder.rglob("*"):
         if f.is_file():
-            ds = pydicom.dcmread(f)
+            try:
+                ds = pydicom.dcmread(f)
+            except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError):
+                continue  # storescp is still writing it: read on the next poll
             out[ds.Modality] = (f, ds)
     return out
 

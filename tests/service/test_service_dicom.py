@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pydicom
+import pydicom.errors
 import pytest
 
 from helpers import require_tool
@@ -161,6 +162,18 @@ def test_sigkill_during_transfer_loses_nothing(tmp_path, tools) -> None:
         proc.wait(timeout=30)
 
 
+def _readable(folder: Path) -> list[pydicom.Dataset]:
+    """The complete DICOM files in ``folder`` (storescp may still be writing one)."""
+    out = []
+    for f in folder.rglob("*"):
+        if f.is_file():
+            try:
+                out.append(pydicom.dcmread(f))
+            except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError):
+                continue
+    return out
+
+
 def test_two_series_sent_at_once_are_not_mixed(tmp_path, tools) -> None:
     """Instances of two series interleaved on two associations group by SeriesInstanceUID: two jobs, two RTSTRUCTs."""
     make_series(tmp_path / "a", seed="series-a", shape=(32, 28, 10))
@@ -176,15 +189,14 @@ def test_two_series_sent_at_once_are_not_mixed(tmp_path, tools) -> None:
         assert [p.wait(timeout=120) for p in senders] == [0, 0]
         jobs = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
             svc.db.query("SELECT * FROM jobs WHERE state='done'")), 90, "two jobs")
-        rts = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
-            [f for f in (tmp_path / "pacs").rglob("*") if f.is_file()]), 60, "two RTSTRUCTs")
+        rts = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(_readable(tmp_path / "pacs")), 60,
+                       "two complete RTSTRUCTs")
     finally:
         svc.stop()
         pacs.terminate()
     sent = {read_dicom_series(tmp_path / s).series_instance_uid: n for s, n in (("a", 10), ("b", 6))}
     got = {}
-    for f in rts:
-        ds = pydicom.dcmread(f)
+    for ds in rts:
         ref = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
         got[ref.SeriesInstanceUID] = len(ref.ContourImageSequence)
     assert got == sent and {j["series_uid"] for j in jobs} == set(sent)

@@ -41,6 +41,9 @@ class QAConfig:
     spacing_tolerance: float = 0.5        # relative deviation from the training range allowed
     spread_tolerance: float = 0.5         # relative deviation of the intensity spread allowed
     targets: tuple[str, ...] = ("GTV", "PTV")
+    # structures that normally run out of the imaged field (the body and bowel leave a 43 cm abdominal field
+    # head- and footwards): edge contact says nothing about them and is not flagged
+    edge_exempt: tuple[str, ...] = ("BODY", "SKIN", "BOWEL", "BONE", "GAS")
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,9 @@ def structure_qa(name: str, mask: Volume, *, prob: np.ndarray | None = None, pre
             if abs(change) > cfg.max_volume_change:
                 out["flags"].append(f"volume change {change:+.0%}")
     if m.any() and touches_edge(m):
-        out["flags"].append("touches field-of-view edge")
+        out["touches_edge"] = True
+        if name not in cfg.edge_exempt:
+            out["flags"].append("touches field-of-view edge")
     n = pieces(m, vox, cfg.min_fragment_cc)
     out["pieces"] = n
     expected = cfg.expected_pieces.get(name)

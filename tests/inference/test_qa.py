@@ -38,6 +38,9 @@ def test_volume_change_edge_and_fragments() -> None:
     q = structure_qa("GTV", Volume(now, G))
     assert q["pieces"] == 2 and "2 fragments (expected 1)" in q["flags"]
     assert not touches_edge(_box((1, 1, 1), (5, 5, 5)))
+    # the same edge contact on the bowel is measured but not flagged (it leaves the field by nature)
+    b = structure_qa("BOWEL", Volume(now, G))
+    assert b["touches_edge"] and "touches field-of-view edge" not in b["flags"]
     assert pieces(np.zeros(G.shape, bool), 1.0, 0.1) == 0
 
 

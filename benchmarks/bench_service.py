@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,12 +30,6 @@ import pydicom
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _copy_series(src: Path, dst: Path, tag: str) -> tuple[str, int]:
@@ -119,17 +112,17 @@ def main() -> int:
 
     from sarcart.service.config import ServiceConfig
     from sarcart.service.server import Service
-    from svc_support import start_storescp
+    from svc_support import free_port, start_storescp
 
     storescu, storescp = shutil.which("storescu"), shutil.which("storescp")
     if not (storescu and storescp):
         raise SystemExit("dcmtk storescu/storescp missing: make system-deps")
     sources = _series_sources(args.data)
     work = Path(tempfile.mkdtemp(prefix="sarcart-bench-svc-"))
-    pacs_port, port = _free_port(), _free_port()
+    pacs_port, port = free_port(), free_port()
     pacs = start_storescp(storescp, work / "pacs", pacs_port)
     cfg = ServiceConfig.model_validate(dict(
-        ae_title="SARCART", port=port, http_port=_free_port(), storage=work / "svc", allowed_aets=["CONSOLE"],
+        ae_title="SARCART", port=port, http_port=free_port(), storage=work / "svc", allowed_aets=["CONSOLE"],
         token="bench-token", series_idle_s=args.idle, destinations=[f"PACS@127.0.0.1:{pacs_port}"],
         model=args.model, device=args.device, tta=args.tta))
     t0 = time.perf_counter()

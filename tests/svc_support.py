@@ -84,3 +84,18 @@ def _serve(config: dict[str, Any]) -> None:
     from sarcart.service.server import Service
 
     Service(ServiceConfig.model_validate(config), segmenter=threshold_segmenter).serve_forever()
+
+
+def received_datasets(folder: Path) -> list[tuple[Path, Any]]:
+    """``(file, dataset)`` of every complete DICOM file in ``folder`` (storescp may still be writing one)."""
+    import pydicom
+    import pydicom.errors
+
+    out = []
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            try:
+                out.append((f, pydicom.dcmread(f)))
+            except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError):
+                continue
+    return out

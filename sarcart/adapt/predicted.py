@@ -30,6 +30,7 @@ from sarcart.dose.prescription import PlanPrescription
 from sarcart.dose.sequencing import Segment
 from sarcart.dose.volumes import dose_grid_inputs, plan_objectives, points_and_structures, prepare_structures
 from sarcart.errors import CourseLayoutError
+from sarcart.io.atomic import atomic_write_text
 from sarcart.io.geometry import Volume
 
 DELIVERY_FILE = "delivery.json"
@@ -65,10 +66,7 @@ def save_delivery(result: PlanResult, plan_dir: str | os.PathLike[str], *, targe
             "segments": [{"beam": s.beam, "left_mm": _arr(s.left_mm), "right_mm": _arr(s.right_mm), "mu": float(s.mu),
                           "upper_mm": _arr(s.upper_mm), "lower_mm": _arr(s.lower_mm)} for s in result.segments],
             "target_centroid_mm": [float(v) for v in centroid]}
-    tmp = path.with_name(f".{DELIVERY_FILE}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(data))
 
 
 def load_delivery(plan_dir: str | os.PathLike[str]) -> tuple[Delivery, np.ndarray]:

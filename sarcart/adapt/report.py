@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import sarcart
+from sarcart.io.atomic import atomic_write_text
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -87,12 +87,7 @@ class Report:
         page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                 f"<style>{_CSS}</style></head><body><header>{notice} — {html.escape(self.title)}</header><main>"
                 + "\n".join(self.parts) + f"<p class='note'>sarcart {sarcart.__version__}. {notice}.</p></main></body></html>")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / filename
-        tmp = path.with_name(f".{filename}.tmp")
-        tmp.write_text(page)
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(self.out_dir / filename, page)
 
 
 def flags_html(flags: Sequence[str]) -> str:

@@ -8,14 +8,12 @@ rejected. See docs/dose.md for the shipped files and how their limits were conve
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from sarcart.config import load_model
 from sarcart.dose.objectives import Constraint, Objective
-from sarcart.errors import ConfigError
 
 
 class PaintingSpec(BaseModel):
@@ -104,14 +102,4 @@ def load_prescription(path: str | os.PathLike[str]) -> PlanPrescription:
     Raises:
         ConfigError: missing file, invalid YAML, unknown keys, values out of range.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"prescription file not found: {p}; see configs/prescriptions/ for examples")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-        return PlanPrescription.model_validate(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
-    except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors())
-        raise ConfigError(f"{p}: {msgs}") from exc
+    return load_model(PlanPrescription, path, what="prescription", hint="see configs/prescriptions/ for examples")

@@ -34,6 +34,7 @@ def _body_mask(image: Volume, threshold: float) -> np.ndarray:
 
 
 def segmentation_qa(image: Volume, seg: Segmentation, predictor: Predictor, *,
+                    masks: dict[str, Volume] | None = None,
                     calibration: QACalibration | None = None) -> dict[str, Any]:
     """QA report of one segmentation: ``{"image": {...flags}, "structures": {name: {...flags}}}``.
 
@@ -41,6 +42,7 @@ def segmentation_qa(image: Volume, seg: Segmentation, predictor: Predictor, *,
         image: the input image (the grid of ``seg``).
         seg: the predictor's output, with probabilities when the confidence is wanted.
         predictor: the predictor that made it (its plan's training profile feeds the input check).
+        masks: ``seg``'s masks by structure when the caller already has them (made once, not per use).
         calibration: raw confidence -> P(good contour); the package default when None.
     """
     plan = predictor.bundle.plan
@@ -52,12 +54,13 @@ def segmentation_qa(image: Volume, seg: Segmentation, predictor: Predictor, *,
                              train_intensity=profile.get("intensity"), body=body),
         "structures": {},
     }
+    masks = masks if masks is not None else {n: seg.mask(n) for n in seg.structures}
     for k, name in enumerate(seg.structures):
         prob = None
         if seg.probabilities is not None:
             prob = np.asarray(seg.probabilities[k + 1], dtype=np.float32)
-        report["structures"][name] = structure_qa(name, seg.mask(name), prob=prob, calibration=calibration)
-    targets = {n: seg.mask(n) for n in ("GTV", "PTV") if n in seg.structures}
+        report["structures"][name] = structure_qa(name, masks[name], prob=prob, calibration=calibration)
+    targets = {n: masks[n] for n in ("GTV", "PTV") if n in masks}
     size_flags = target_size_check(targets)
     for name in targets:
         report["structures"][name]["flags"] += [f for f in size_flags if f.startswith(name + " ")]
@@ -120,8 +123,9 @@ def make_segmenter(model: str, *, device: str | None = None, tta: bool = False,
         image = series.volume
         predictor = choose(series)
         seg = predictor(image)
+        masks = {n: seg.mask(n) for n in seg.structures}
         cal = calibration or bundle_calibration(predictor.bundle)
-        qa = segmentation_qa(image, seg, predictor, calibration=cal)
+        qa = segmentation_qa(image, seg, predictor, masks=masks, calibration=cal)
         qa["calibration"] = "fitted for the model" if calibration is None and cal is not None else (
             "given" if calibration is not None else "package default (not fitted for this model)")
         qa["seconds"] = round(seg.seconds, 3)
@@ -130,6 +134,6 @@ def make_segmenter(model: str, *, device: str | None = None, tta: bool = False,
         name = f"{seg.model} {seg.version}".strip()
         log.info("segmented %s with %s in %.1f s; flagged: %s", getattr(series, "series_uid", "series"),
                  name, seg.seconds, qa["flagged"] or "none")
-        return {n: seg.mask(n) for n in seg.structures}, qa, name
+        return masks, qa, name
 
     return segment

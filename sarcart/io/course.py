@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sarcart.config import load_model
 from sarcart.errors import ConfigError, CourseLayoutError
+from sarcart.io.atomic import atomic_write_text
 
 SITES = ("retroperitoneum", "upper_extremity", "lower_extremity")
 Site = Literal["retroperitoneum", "upper_extremity", "lower_extremity"]
@@ -182,7 +183,5 @@ def write_course(patient_dir: str | os.PathLike[str], config: CourseConfig) -> C
     root.mkdir(parents=True, exist_ok=True)
     text = "# sarcart course (see docs/course.md) - research software, not for clinical use\n"
     text += yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    tmp = root / ".course.yaml.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, root / "course.yaml")
+    atomic_write_text(root / "course.yaml", text)
     return Course(root, config)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from sarcart.errors import InvalidImageError
+from sarcart.io.atomic import atomic_write
 from sarcart.io.geometry import Volume
 
 log = logging.getLogger(__name__)
@@ -49,18 +49,10 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str], *, compress: bool 
     """
     p = Path(path)
     _check_suffix(p)
-    p.parent.mkdir(parents=True, exist_ok=True)
     image = volume.to_sitk()
     suffix = ".nii.gz" if p.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=p.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, useCompression=compress, compressionLevel=1 if compress else -1)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
+    return atomic_write(p, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=compress,
+                                                       compressionLevel=1 if compress else -1), suffix=suffix)
 
 
 def read_mask(path: str | os.PathLike[str]) -> Volume:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from sarcart.errors import ConfigError
+from sarcart.io.atomic import atomic_write
 from sarcart.models.networks import build_network
 from sarcart.models.plan import Plan
 
@@ -72,15 +72,7 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike[str], *, half: bool
           for k, v in bundle.state_dict.items()}
     payload = {"format": BUNDLE_FORMAT, "plan": bundle.plan.model_dump(mode="json"), "state_dict": sd,
                "meta": bundle.meta}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=p.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
+    return atomic_write(p, lambda tmp: torch.save(payload, tmp), suffix=".pt")
 
 
 def load_bundle(path: str | os.PathLike[str]) -> ModelBundle:

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from sarcart.errors import ConfigError
+from sarcart.io.atomic import atomic_write
 from sarcart.phantom.config import CohortSpec, save_spec
 from sarcart.phantom.patients import sample_cohort
 from sarcart.phantom.writer import write_patient
@@ -63,14 +64,15 @@ def write_cohort(spec: CohortSpec, out_dir: str | os.PathLike[str], *, show_prog
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     """Write the rows with :data:`CSV_FIRST` first (atomic)."""
     keys = list(CSV_FIRST) + [k for k in (rows[0] if rows else {}) if k not in CSV_FIRST]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _fmt(r.get(k)) for k in keys})
-    os.replace(tmp, path)
-    return path
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: _fmt(r.get(k)) for k in keys})
+
+    return atomic_write(path, write)
 
 
 def _fmt(v: Any) -> Any:

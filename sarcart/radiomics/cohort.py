@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sarcart.errors import ConfigError
+from sarcart.io.atomic import atomic_write_text
 from sarcart.radiomics.fractions import NORMALISATIONS, CarryConfig, Normalisation
 from sarcart.radiomics.manifest import ManifestCase, case_key, file_sha256, read_manifest
 from sarcart.radiomics.params import RadiomicsParams, load_params
@@ -168,11 +168,7 @@ def _read_cache(path: Path) -> dict[str, Any] | None:
 
 
 def _write_cache(path: Path, entry: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(entry, fh)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(entry))
 
 
 def _run_tasks(tasks: list[dict[str, Any]], config: CohortConfig, show_progress: bool,

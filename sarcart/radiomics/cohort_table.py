@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sarcart.errors import ConfigError
+from sarcart.io.atomic import atomic_write
 from sarcart.radiomics.extract import META_COLUMNS
 from sarcart.radiomics.manifest import ManifestCase, file_sha256
 from sarcart.radiomics.params import RadiomicsParams
@@ -61,18 +61,6 @@ def assemble(rows: Sequence[dict[str, Any]], failures: Sequence[dict[str, Any]],
     return table, fail
 
 
-def _atomic(out: Path, write: Any) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_outputs(table: Any, failures: Any, out: Path, params: RadiomicsParams, *, manifest: Path) -> None:
     """Write ``out`` (Parquet with provenance metadata), ``<out>.params.yaml`` and ``<out>.failures.csv``."""
     import pyarrow as pa
@@ -83,9 +71,9 @@ def write_outputs(table: Any, failures: Any, out: Path, params: RadiomicsParams,
             "n_failed": len(failures), "source": params.source}
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), METADATA_KEY: json.dumps(meta).encode()})
-    _atomic(out, lambda tmp: pq.write_table(arrow, tmp))
+    atomic_write(out, lambda tmp: pq.write_table(arrow, tmp))
     out.with_name(out.stem + ".params.yaml").write_text(params.to_yaml())
-    _atomic(out.with_name(out.stem + ".failures.csv"), lambda tmp: failures.to_csv(tmp, index=False))
+    atomic_write(out.with_name(out.stem + ".failures.csv"), lambda tmp: failures.to_csv(tmp, index=False))
 
 
 def read_cohort_table(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from sarcart.errors import InvalidImageError
+from sarcart.io.atomic import atomic_write
 from sarcart.io.geometry import Volume
 from sarcart.radiomics.params import RadiomicsParams, load_params
 
@@ -181,18 +181,10 @@ def write_table(table: Any, path: str | os.PathLike[str], params: RadiomicsParam
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise InvalidImageError(f"output must end in .csv or .parquet, got {out.name!r}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        if suffix == ".csv":
-            table.to_csv(tmp, index=False, float_format="%.10g")
-        else:
-            table.to_parquet(tmp, index=False)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if suffix == ".csv":
+        atomic_write(out, lambda tmp: table.to_csv(tmp, index=False, float_format="%.10g"))
+    else:
+        atomic_write(out, lambda tmp: table.to_parquet(tmp, index=False))
     if params is not None:
         out.with_name(out.stem + ".params.yaml").write_text(params.to_yaml())
     return out

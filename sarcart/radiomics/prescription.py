@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sarcart.errors import ConfigError
+from sarcart.config import load_model
 from sarcart.io.geometry import Volume
 
 log = logging.getLogger(__name__)
@@ -59,21 +57,7 @@ class PaintingConfig(BaseModel):
 
 def load_painting(path: str | os.PathLike[str] | None, **overrides: float | None) -> PaintingConfig:
     """Painting settings from a YAML file (or defaults), with keyword overrides (None = keep)."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"painting file {p} not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return PaintingConfig.model_validate(data)
-    except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors())
-        raise ConfigError(f"painting settings: {msgs}") from exc
+    return load_model(PaintingConfig, path, what="painting settings", **overrides)
 
 
 def smooth_in_roi(values: np.ndarray, roi: np.ndarray, spacing_mm: tuple[float, float, float], *,

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from sarcart.errors import InvalidImageError
+from sarcart.io.atomic import atomic_write
 from sarcart.io.dicom_series import DicomSeries
 from sarcart.io.dicom_write import make_uid
 from sarcart.io.geometry import Volume
@@ -67,11 +68,7 @@ def write_habitat_seg(labels: Volume, series: DicomSeries, path: str | os.PathLi
         manufacturer_model_name="sarcart radiomics habitats", software_versions=sarcart.__version__,
         device_serial_number="0", content_description="tumour habitats (research, not for clinical use)",
         content_label="HABITATS", omit_empty_frames=True)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    seg.save_as(tmp)
-    os.replace(tmp, out)
+    out = atomic_write(path, seg.save_as)
     log.info("wrote DICOM SEG with %d habitats to %s", n, out)
     return out
 

@@ -18,10 +18,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from sarcart.errors import ConfigError
+from sarcart.config import read_yaml_mapping, validate_model
 from sarcart.models.plan import Budget
 
 
@@ -125,19 +124,8 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
             each offending key).
     """
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"training config {p} not found; see configs/train/ for examples")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p} must hold a mapping of settings, got {type(raw).__name__}")
+    raw = read_yaml_mapping(p, what="training config", hint="see configs/train/ for examples")
     for key in ("datalist", "output_dir"):
         if key in raw:
             raw[key] = _resolve(p.parent, raw[key])
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{p}: {problems}") from exc
+    return validate_model(TrainConfig, raw, where=str(p))

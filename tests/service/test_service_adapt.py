@@ -14,14 +14,20 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import pydicom.errors
 import pytest
 import yaml
 
 from helpers import require_tool
 from sarcart.service.config import ServiceConfig
 from sarcart.service.server import Service
-from svc_support import free_port, make_series, start_storescp, threshold_segmenter, wait_for
+from svc_support import (
+    free_port,
+    make_series,
+    received_datasets,
+    start_storescp,
+    threshold_segmenter,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -45,16 +51,8 @@ def course(tmp_path_factory):
     return c, root / "adapt.yaml"
 
 
-def _received(folder: Path) -> dict[str, pydicom.Dataset]:
-    out = {}
-    for f in folder.rglob("*"):
-        if f.is_file():
-            try:
-                ds = pydicom.dcmread(f)
-            except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError):
-                continue  # storescp is still writing it: read on the next poll
-            out[ds.Modality] = (f, ds)
-    return out
+def _received(folder: Path) -> dict[str, tuple[Path, pydicom.Dataset]]:
+    return {ds.Modality: (f, ds) for f, ds in received_datasets(folder)}
 
 
 def test_a_series_of_a_patient_with_a_course_is_adapted_and_plan_and_dose_are_sent(course, tmp_path) -> None:

@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 import pydicom
-import pydicom.errors
 import pytest
 
 from helpers import require_tool
@@ -20,7 +19,15 @@ from sarcart.io.dicom_series import read_dicom_series
 from sarcart.io.rtstruct import list_rois, read_rtstruct
 from sarcart.service.config import ServiceConfig
 from sarcart.service.server import Service
-from svc_support import free_port, make_series, service_process, start_storescp, threshold_segmenter, wait_for
+from svc_support import (
+    free_port,
+    make_series,
+    received_datasets,
+    service_process,
+    start_storescp,
+    threshold_segmenter,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 TOKEN = "secret-token-1"
@@ -162,18 +169,6 @@ def test_sigkill_during_transfer_loses_nothing(tmp_path, tools) -> None:
         proc.wait(timeout=30)
 
 
-def _readable(folder: Path) -> list[pydicom.Dataset]:
-    """The complete DICOM files in ``folder`` (storescp may still be writing one)."""
-    out = []
-    for f in folder.rglob("*"):
-        if f.is_file():
-            try:
-                out.append(pydicom.dcmread(f))
-            except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError):
-                continue
-    return out
-
-
 def test_two_series_sent_at_once_are_not_mixed(tmp_path, tools) -> None:
     """Instances of two series interleaved on two associations group by SeriesInstanceUID: two jobs, two RTSTRUCTs."""
     make_series(tmp_path / "a", seed="series-a", shape=(32, 28, 10))
@@ -189,14 +184,14 @@ def test_two_series_sent_at_once_are_not_mixed(tmp_path, tools) -> None:
         assert [p.wait(timeout=120) for p in senders] == [0, 0]
         jobs = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
             svc.db.query("SELECT * FROM jobs WHERE state='done'")), 90, "two jobs")
-        rts = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(_readable(tmp_path / "pacs")), 60,
+        rts = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(received_datasets(tmp_path / "pacs")), 60,
                        "two complete RTSTRUCTs")
     finally:
         svc.stop()
         pacs.terminate()
     sent = {read_dicom_series(tmp_path / s).series_instance_uid: n for s, n in (("a", 10), ("b", 6))}
     got = {}
-    for ds in rts:
+    for _, ds in rts:
         ref = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
         got[ref.SeriesInstanceUID] = len(ref.ContourImageSequence)
     assert got == sent and {j["series_uid"] for j in jobs} == set(sent)

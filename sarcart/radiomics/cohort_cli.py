@@ -34,7 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--event", help="event column, 1 = observed (with --time)")
     s.add_argument("--config", type=Path, help="study YAML (configs/cohort_study/); options override it")
     s.add_argument("--icc", type=Path, help="ICC table CSV (sarcart cohort icc) to show in the report")
-    s.add_argument("--seed", type=int, help="random seed of the splits and the bootstrap")
+    s.add_argument("--seed", type=int, help="random seed of the splits, the bootstrap and the permutations")
+    s.add_argument("--permutations", type=int, metavar="N",
+                   help="permutation test: refit the whole nested CV on N outcome permutations (default: the "
+                   "config's `permutations`, 0 = none); p = (1 + #null >= observed) / (1 + N)")
+    s.add_argument("--workers", type=int, default=1, help="processes for the permutations (default 1)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--out", required=True, type=Path, help="output folder")
     s.set_defaults(func=_study)
 
@@ -80,15 +85,24 @@ def _study(args: argparse.Namespace) -> int:
 
     if (args.time is None) != (args.event is None):
         raise ConfigError("--time and --event must be given together")
-    cfg = load_study_config(args.config, outcome=args.outcome, time=args.time, event=args.event, seed=args.seed)
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    cfg = load_study_config(args.config, outcome=args.outcome, time=args.time, event=args.event, seed=args.seed,
+                            permutations=args.permutations)
     icc = pd.read_csv(args.icc, index_col=0) if args.icc else None
-    results = run_study(args.features, cfg, args.out, icc=icc)
+    results = run_study(args.features, cfg, args.out, icc=icc, workers=args.workers,
+                        show_progress=not args.no_progress)
     console = make_console()
     for task, res in results.items():
         m = res["metrics"]
         name, key = ("AUROC", "auroc") if task == "binary" else ("C-index", "c_index")
         console.print(f"{task}: {name} {m[key]:.3f} (95 % CI {m[key + '_ci_low']:.3f}-{m[key + '_ci_high']:.3f}), "
                       f"{m['n_patients']} patients, {m['n_events']} events")
+        if "permutation" in m:
+            pt = m["permutation"]
+            console.print(f"{task}: permutation test p = {pt['p_value']:.3g} ({pt['n_permutations']} permutations; "
+                          f"chance: {name} {pt['null_mean']:.3f}, 95 % of permutations "
+                          f"{pt['null_q025']:.3f}-{pt['null_q975']:.3f})")
     console.print(f"report: {args.out / 'report.html'}")
     return 0
 

@@ -1,5 +1,6 @@
 """HTML report of a response study: ROC and calibration curves, Kaplan-Meier curves by predicted risk
-group, feature-correlation heatmap, ICC table; every figure also written as ``figures/<name>.png``.
+group, feature-correlation heatmap, ICC table, and - when the study ran one - the permutation test
+(p-value and the null distribution of the AUROC / C-index); every figure also as ``figures/<name>.png``.
 
 The HTML file is self-contained (PNGs embedded as base64) and lists no patient identifiers: only
 cohort-level figures, metrics and feature names.
@@ -76,6 +77,22 @@ def km_figure(res: dict[str, Any], out: Path) -> tuple[str, str]:
     return _save(fig, out, "kaplan_meier")
 
 
+def permutation_figure(results: dict[str, Any], out: Path) -> tuple[str, str]:
+    """Histogram of each model's permutation null distribution with the observed statistic."""
+    plt = _plt()
+    tests = [(task, res["metrics"]["permutation"]) for task, res in results.items() if "permutation" in res["metrics"]]
+    fig, axes = plt.subplots(1, len(tests), figsize=(4.4 * len(tests), 3.4), squeeze=False)
+    for ax, (task, pt) in zip(axes[0], tests):
+        null = np.asarray([v for v in pt["null"] if np.isfinite(v)])
+        name = "AUROC" if pt["statistic"] == "auroc" else "C-index"
+        ax.hist(null, bins=min(30, max(5, null.size // 4)), color="#999", label=f"{pt['n_permutations']} permutations")
+        ax.axvline(0.5, c="grey", ls="--", lw=0.8)
+        ax.axvline(pt["observed"], c="red", lw=2, label=f"observed {pt['observed']:.3f}, p = {pt['p_value']:.3g}")
+        ax.set(xlabel=f"out-of-fold {name}", ylabel="permutations", title=f"{task}: {name} under permuted outcomes")
+        ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, out, "permutation")
+
+
 def _heatmap_features(results: dict[str, Any], x: Any, limit: int = 20) -> list[str]:
     counts: dict[str, int] = {}
     for res in results.values():
@@ -130,6 +147,12 @@ def _metric_rows(res: dict[str, Any]) -> list[tuple[str, str]]:
     else:
         rows += [("C-index (95 % CI)", f"{m['c_index']:.3f} ({m['c_index_ci_low']:.3f}-{m['c_index_ci_high']:.3f})"),
                  ("log-rank p (median split)", f"{m['logrank_p']:.3g}")]
+    if "permutation" in m:
+        pt = m["permutation"]
+        rows.append(("permutation test (better than chance?)",
+                     (f"p = {pt['p_value']:.3g} ({pt['n_permutations']} outcome permutations, whole nested CV "
+                      f"refitted each time); chance level: mean {pt['null_mean']:.3f}, 95 % of permutations "
+                      f"{pt['null_q025']:.3f}-{pt['null_q975']:.3f}; below chance? p = {pt['p_lower']:.3g}")))
     chosen: dict[str, int] = {}
     for f in res["folds"]:
         for name in f["selected"]:
@@ -159,6 +182,8 @@ def write_report(results: dict[str, Any], x: Any, out: Path, *, icc: Any = None,
     if "survival" in results:
         figures.append(km_figure(results["survival"], out))
         sections.append(f"<h2>Time to event: Cox model</h2>{_table(_metric_rows(results['survival']))}")
+    if any("permutation" in res["metrics"] for res in results.values()):
+        figures.append(permutation_figure(results, out))
     figures.append(correlation_figure(results, x, out))
     if icc is not None and len(icc):
         figures.append(icc_figure(icc, out))
@@ -174,7 +199,10 @@ def write_report(results: dict[str, Any], x: Any, out: Path, *, icc: Any = None,
         "img{max-width:520px}</style></head><body><h1>Response study</h1>"
         "<p><b>Research software - not for clinical use.</b> Performance figures are out-of-fold (nested "
         "cross-validation: selection, harmonisation and tuning fitted on outer-training folds only); CIs are "
-        "patient bootstrap percentiles.</p>" + "".join(sections) + "<h2>Figures</h2>" + imgs
+        "patient bootstrap percentiles of the fixed out-of-fold predictions and ignore the variability of "
+        "model fitting. Whether a result differs from chance is judged by the permutation test (when run): "
+        "the outcomes are permuted across patients and the whole nested CV is refitted.</p>"
+        + "".join(sections) + "<h2>Figures</h2>" + imgs
         + f"<h2>Configuration</h2><pre>{cfg}</pre></body></html>")
     path = out / "report.html"
     path.write_text(page)

@@ -12,6 +12,9 @@ outer-training rows *only* and fits the whole pipeline, grid search included, on
 rows reach the fitted model only through ``predict``. Filtering, harmonisation, scaling and selection
 therefore never see a test patient. Out-of-fold predictions (averaged over ``repeats`` of the outer
 split) give the AUROC / C-index with bootstrap CIs and the calibration (:mod:`sarcart.radiomics.study_metrics`).
+Those CIs resample fixed predictions and ignore fold and fitting variability; whether a result differs
+from chance is judged by the label-permutation test of the whole nested CV
+(:mod:`sarcart.radiomics.study_permutation`; ``permutations`` > 0).
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ class StudyConfig(BaseModel):
     inner_folds: int = Field(default=3, ge=2, le=20)
     repeats: int = Field(default=1, ge=1, le=50)
     n_boot: int = Field(default=1000, ge=0, le=100000)
+    permutations: int = Field(default=0, ge=0, le=100000,
+                              description="outcome permutations of the whole nested CV for a p-value (0 = none)")
     calibration_bins: int = Field(default=5, ge=2, le=20)
     seed: int = 0
 
@@ -216,9 +221,12 @@ def _target(patients: Any, x: Any, config: StudyConfig, task: Task) -> tuple[Any
     return patients.index[ok], y, x.loc[ok]
 
 
-def evaluate(patients: Any, x: Any, config: StudyConfig, task: Task) -> dict[str, Any]:
-    """Nested CV, metrics with CIs, and the model refitted on all patients (for its chosen features)."""
+def evaluate(patients: Any, x: Any, config: StudyConfig, task: Task, *, workers: int = 1,
+             show_progress: bool = False) -> dict[str, Any]:
+    """Nested CV, metrics with CIs, the permutation test (``config.permutations`` > 0; ``workers``
+    processes) and the model refitted on all patients (for its chosen features)."""
     from sarcart.radiomics.study_metrics import auroc_ci, calibration, cindex_ci, risk_groups
+    from sarcart.radiomics.study_permutation import permutation_test
 
     ids, y, xx = _target(patients, x, config, task)
     cv = nested_cv(xx, y, config, task=task)
@@ -230,6 +238,10 @@ def evaluate(patients: Any, x: Any, config: StudyConfig, task: Task) -> dict[str
         metrics = {**cindex_ci(y[:, 0], y[:, 1], cv.prediction, n_boot=config.n_boot, seed=config.seed),
                    **risk_groups(y[:, 0], y[:, 1], cv.prediction),
                    "n_patients": len(y), "n_events": int(y[:, 1].sum())}
+    if config.permutations:
+        metrics["permutation"] = permutation_test(
+            xx, y, config, task=task, observed=metrics["auroc" if task == "binary" else "c_index"],
+            n_perm=config.permutations, workers=workers, show_progress=show_progress)
     final = fit_fold(lambda: build_estimator(config, task), xx, y)
     chosen, params = _chosen(final)
     return {"task": task, "metrics": metrics, "folds": cv.folds, "final_features": chosen, "final_params": params,
@@ -237,18 +249,21 @@ def evaluate(patients: Any, x: Any, config: StudyConfig, task: Task) -> dict[str
 
 
 def run_study(features: Any, config: StudyConfig, out_dir: str | os.PathLike[str], *,
-              icc: Any = None) -> dict[str, Any]:
+              icc: Any = None, workers: int = 1, show_progress: bool = False) -> dict[str, Any]:
     """Run the study on a cohort table (DataFrame or Parquet path) and write ``out_dir``.
 
     Writes ``metrics.json`` (per model: AUROC or C-index with CI, calibration or risk groups, chosen
-    features per fold), ``predictions.csv`` (out-of-fold predictions per patient), ``config.yaml``,
-    ``report.html`` and ``figures/*.png`` (:mod:`sarcart.radiomics.report`).
+    features per fold, and with ``config.permutations`` > 0 the permutation test under ``permutation``),
+    ``predictions.csv`` (out-of-fold predictions per patient), ``config.yaml``, ``report.html`` and
+    ``figures/*.png`` (:mod:`sarcart.radiomics.report`).
 
     Args:
         features: cohort table or the path of one (``sarcart cohort extract``).
         config: study settings.
         out_dir: output folder (created).
         icc: optional ICC table (DataFrame indexed by feature) for the report.
+        workers: processes for the permutation test (1 = this process).
+        show_progress: progress bar of the permutation test on stderr.
 
     Returns:
         ``{"binary": {...}, "survival": {...}}`` for the models that ran.
@@ -265,9 +280,9 @@ def run_study(features: Any, config: StudyConfig, out_dir: str | os.PathLike[str
     patients, x = design(table, config)
     results: dict[str, Any] = {}
     if config.outcome:
-        results["binary"] = evaluate(patients, x, config, "binary")
+        results["binary"] = evaluate(patients, x, config, "binary", workers=workers, show_progress=show_progress)
     if config.time:
-        results["survival"] = evaluate(patients, x, config, "survival")
+        results["survival"] = evaluate(patients, x, config, "survival", workers=workers, show_progress=show_progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False))

@@ -10,8 +10,10 @@ of shape (n, 2): ``[time, event]`` (event 1 = progression/failure observed, 0 = 
   Biol 2005, doi:10.1142/S0219720005001004). Relevance: the ANOVA F statistic for a binary outcome; for
   survival, |2 C - 1| of the feature's Harrell concordance with the event times (Somers' D);
 * :class:`LassoSelector`: features with non-zero coefficients of an L1 logistic regression (at least one);
-* :class:`CoxModel`: ridge-penalised Cox proportional-hazards regression (lifelines ``CoxPHFitter``;
-  Cox 1972), predicting the log partial hazard.
+* :class:`CoxModel`: ridge-penalised Cox proportional-hazards regression (Cox 1972; Efron ties), fitted by
+  :func:`sarcart.radiomics.study_cox.fit_ridge_cox` - the problem lifelines' ``CoxPHFitter`` solves (0.8 ms
+  against lifelines' 25 ms for 64 patients x 5 features) - predicting the log partial hazard;
+* :func:`harrell_c`: Harrell's C-index of many scores at once (lifelines' pair rules).
 """
 
 from __future__ import annotations
@@ -42,26 +44,48 @@ class FeatureFilter(TransformerMixin, BaseEstimator):
 
     def fit(self, x: Any, y: Any = None) -> FeatureFilter:
         x = _frame(x)
-        keep = []
-        for c in x.columns:
-            if c in self.passthrough:
-                keep.append(c)
-                continue
-            v = x[c].to_numpy(dtype=np.float64)
-            if np.isfinite(v).all() and np.nanstd(v) > 1e-12 * max(1.0, float(np.abs(v).max())):
-                keep.append(c)
-        self.columns_ = keep
+        numeric = [c for c in x.columns if c not in self.passthrough]
+        v = x[numeric].to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            finite = np.isfinite(v).all(axis=0)
+            varies = np.std(np.where(np.isfinite(v), v, 0.0), axis=0) > 1e-12 * np.maximum(1.0, np.abs(v).max(axis=0))
+        ok = dict(zip(numeric, (finite & varies).tolist()))
+        self.columns_ = [c for c in x.columns if c in self.passthrough or ok[c]]
         return self
 
     def transform(self, x: Any) -> Any:
         return _frame(x)[self.columns_]
 
 
-def _relevance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    if y.ndim == 2:  # survival: |Somers' D| of each feature against the event times
-        from lifelines.utils import concordance_index
+def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> np.ndarray:
+    """Harrell's C-index of every column of ``risk`` (higher risk = earlier event), vectorised over columns.
 
-        return np.array([abs(2 * concordance_index(y[:, 0], -x[:, j], y[:, 1]) - 1) for j in range(x.shape[1])])
+    Same pair rules as ``lifelines.utils.concordance_index(time, -risk, event)`` (Harrell et al. 1982,
+    doi:10.1001/jama.1982.03320430047030): a pair (i, j) is comparable when i has an event and
+    t_i < t_j, or t_i = t_j and j is censored; it counts 1 when risk_i > risk_j and 0.5 when they tie.
+
+    Args:
+        time: (n,) event or censoring times.
+        event: (n,) 1 = event observed, 0 = censored.
+        risk: (n,) or (n, p) risk scores.
+
+    Returns:
+        (p,) float64 C-indices (0.5 where no pair is comparable).
+    """
+    t = np.asarray(time, dtype=np.float64)
+    e = np.asarray(event).astype(bool)
+    r = np.asarray(risk, dtype=np.float64).reshape(len(t), -1)
+    comparable = e[:, None] & ((t[:, None] < t[None, :]) | ((t[:, None] == t[None, :]) & ~e[None, :]))
+    pairs = int(comparable.sum())
+    if pairs == 0:
+        return np.full(r.shape[1], 0.5)
+    ii, jj = np.nonzero(comparable)
+    return 0.5 + 0.5 * np.sign(r[ii] - r[jj]).sum(axis=0) / pairs
+
+
+def _relevance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    if y.ndim == 2:  # survival: |Somers' D| = |2 C - 1| of each feature against the event times
+        return np.abs(2.0 * harrell_c(y[:, 0], y[:, 1], x) - 1.0)
     from sklearn.feature_selection import f_classif
 
     with warnings.catch_warnings():
@@ -118,32 +142,27 @@ class LassoSelector(TransformerMixin, BaseEstimator):
 
 
 class CoxModel(BaseEstimator):
-    """Ridge-penalised Cox model; ``predict`` returns the log partial hazard (higher = earlier event)."""
+    """Ridge-penalised Cox model (Efron ties; :mod:`sarcart.radiomics.study_cox`, lifelines' parametrisation);
+    ``predict`` returns the log partial hazard (higher = earlier event)."""
 
     def __init__(self, penalizer: float = 0.1) -> None:
         self.penalizer = penalizer
 
     def fit(self, x: Any, y: Any) -> CoxModel:
-        from lifelines import CoxPHFitter
+        from sarcart.radiomics.study_cox import fit_ridge_cox
 
-        xf = _frame(x).reset_index(drop=True).copy()
+        xf = _frame(x)
         yy = np.asarray(y, dtype=np.float64)
-        xf.columns = [str(c) for c in xf.columns]
-        xf["__time"], xf["__event"] = yy[:, 0], yy[:, 1]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.model_ = CoxPHFitter(penalizer=self.penalizer).fit(xf, "__time", "__event")
-        self.columns_ = [c for c in xf.columns if not c.startswith("__")]
+        self.columns_ = [str(c) for c in xf.columns]
+        self.fit_ = fit_ridge_cox(xf.to_numpy(dtype=np.float64), yy[:, 0], yy[:, 1], penalizer=self.penalizer)
         return self
 
     def predict(self, x: Any) -> np.ndarray:
-        xf = _frame(x).copy()
+        xf = _frame(x)
         xf.columns = [str(c) for c in xf.columns]
-        return np.asarray(self.model_.predict_log_partial_hazard(xf[self.columns_]), dtype=np.float64).reshape(-1)
+        return (xf[self.columns_].to_numpy(dtype=np.float64) - self.fit_.mean) @ self.fit_.coef
 
     def score(self, x: Any, y: Any) -> float:
         """Harrell's C-index of the predictions (higher risk should mean an earlier event)."""
-        from lifelines.utils import concordance_index
-
         yy = np.asarray(y, dtype=np.float64)
-        return float(concordance_index(yy[:, 0], -self.predict(x), yy[:, 1]))
+        return float(harrell_c(yy[:, 0], yy[:, 1], self.predict(x))[0])

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from sarcart.dose.beams import Beam, beam_coordinates, radiological_depth
 from sarcart.dose.machine import BeamModel, MachineConfig
-from sarcart.errors import InvalidImageError
+from sarcart.errors import ConfigError, InvalidImageError
 from sarcart.io.geometry import Volume
 
 if TYPE_CHECKING:
@@ -136,6 +136,10 @@ class DoseEngine:
     def __init__(self, density: Volume, points: torch.Tensor | np.ndarray, beams: list[Beam], grids: list[BixelGrid],
                  model: BeamModel, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  primary_step_mm: float = 1.0, scatter_step_mm: float = 5.0, raytrace_step_mm: float | None = None) -> None:
+        if model.tail_share > 0.0:
+            raise ConfigError(f"beam model {model.name!r} has tail_share={model.tail_share:g}: the dose engine "
+                              "implements the two-term kernel only (primary + scatter); use a model with "
+                              "tail_share 0 such as water_6x() or mrlinac_6fff()")
         if len(beams) != len(grids) or not beams:
             raise InvalidImageError(f"need one bixel grid per beam, got {len(beams)} beams and {len(grids)} grids")
         for b in beams:

@@ -4,7 +4,7 @@ The beam model is a two-component pencil beam in the spirit of Bortfeld et al. 1
 10.1118/1.597070) and Ahnesjö et al. 1992 (doi 10.1118/1.596856): the dose at a point of
 radiological (water-equivalent) depth ``d`` from a beamlet of fluence ``w`` (MU) is::
 
-    D = N * w * ISQ * OAF(t) * T(d) * [(1 - ws(d)) * K(sigma_p(d)) + ws(d) * K(sigma_s(d))]
+    D = N * w * ISQ * OAF(t) * T(d) * [(1 - ws(d) - wt) * K(sigma_p(d)) + ws(d) * K(sigma_s(d)) + wt * K(sigma_t)]
 
 * ``T(d) = (1 - c * exp(-beta d)) * exp(-mu d + eta d^2)``: build-up (electron fluence growing to
   equilibrium) times attenuation with beam hardening (``eta``); fitted on a measured depth dose.
@@ -13,6 +13,11 @@ radiological (water-equivalent) depth ``d`` from a beamlet of fluence ``w`` (MU)
   projected to the isocentre plane (an erf product); ``sigma_p`` (primary: source size, leaf ends,
   lateral electron transport) and ``sigma_s`` (phantom scatter) grow linearly with depth.
 * ``ws(d) = ws_max * (1 - exp(-d / ws_len))``: the share of the broad scatter component.
+* optional third term ``wt * K(sigma_t)`` (``tail_share``, ``sigma_tail_mm``; the primary share becomes
+  ``1 - ws - wt``): an intermediate-width Gaussian for the non-Gaussian foot of the penumbra (the water
+  pencil kernel of Ahnesjo et al. 1992 is cusp-like with exponential tails, which two Gaussians miss).
+  Only the commissioning model ``water_6x_tail()`` uses it; the dose engine implements the two-term
+  kernel and refuses a model with ``tail_share > 0``.
 * ``OAF(t)``: off-axis fluence as a function of ``t = tan(angle)`` (1 for a flattened beam; the
   cone of a flattening-filter-free beam otherwise).
 * ``N``: calibration so that 1 MU gives ``gy_per_mu_ref`` at the reference point.
@@ -27,7 +32,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NOT_COMMISSIONED = (
     "beam model NOT commissioned against MR-linac measurements (derived from a conventional 6 MV "
@@ -91,12 +96,21 @@ class BeamModel(BaseModel):
     sigma_s_slope: float = Field(0.10, ge=0, description="scatter width increase per mm depth")
     ws_max: float = Field(0.30, ge=0, lt=1, description="asymptotic share of the scatter component")
     ws_len_mm: float = Field(80.0, gt=0)
+    tail_share: float = Field(0.0, ge=0, lt=1, description="share of the intermediate (penumbra-tail) component")
+    sigma_tail_mm: float = Field(5.0, gt=0, description="width of the intermediate component (isocentre plane)")
     oaf_coeffs: tuple[float, ...] = Field(default=(), description="OAF = 1 + sum_k c_k (|t|/0.1)^(k+1)")
     gy_per_mu_ref: float = Field(0.01, gt=0, description="dose per MU at the reference point")
     ref_depth_mm: float = Field(15.0, gt=0, description="reference depth (10x10 cm field, SSD = SAD - depth)")
     norm: float = Field(1.0, gt=0, description="N, set by calibrate()")
     commissioned_against: str = ""
     note: str = NOT_COMMISSIONED
+
+    @model_validator(mode="after")
+    def _shares_below_one(self) -> BeamModel:
+        if self.ws_max + self.tail_share >= 1.0:
+            raise ValueError(f"ws_max + tail_share must be < 1 (the primary share 1 - ws - wt must stay positive), "
+                             f"got {self.ws_max:g} + {self.tail_share:g}; lower one of them")
+        return self
 
     # ------------------------------------------------------------------ kernel terms (torch)
     def depth_term(self, d_mm: torch.Tensor) -> torch.Tensor:
@@ -150,9 +164,11 @@ class BeamModel(BaseModel):
         z = ssd_mm + d
         u_iso = x * self.sad_mm / z
         hx, hy = field_mm[0] / 2.0, field_mm[1] / 2.0
-        ws = self.scatter_share(d)
-        lateral = (1.0 - ws) * self.field_factor(u_iso, hx, hy, self.sigma_primary(d)) + ws * self.field_factor(
+        ws, wt = self.scatter_share(d), self.tail_share
+        lateral = (1.0 - ws - wt) * self.field_factor(u_iso, hx, hy, self.sigma_primary(d)) + ws * self.field_factor(
             u_iso, hx, hy, self.sigma_scatter(d))
+        if wt > 0.0:
+            lateral = lateral + wt * self.field_factor(u_iso, hx, hy, torch.full_like(d, self.sigma_tail_mm))
         return self.norm * mu * (self.sad_mm / z) ** 2 * self.depth_term(d) * lateral * self.off_axis(x / z)
 
     def calibrated(self) -> BeamModel:
@@ -187,7 +203,22 @@ def mrlinac_6fff() -> BeamModel:
                      **MRL_6FFF_DERIVED).calibrated()
 
 
+def water_6x_tail() -> BeamModel:
+    """Water 6X with the intermediate penumbra-tail component (see :func:`sarcart.dose.commission.fit_tail`).
+
+    Same honest split as :func:`water_6x`: the tail share and width, the primary width and the FFF cone are
+    fitted on the 10 MV FFF profiles with the broad scatter component held at the two-term fit, the depth
+    parameters are then refitted on the 6 MV PDD; the 6 MV profiles stay held out. Closed-form water dose
+    only: the dose engine implements the two-term kernel (:func:`water_6x`, :func:`mrlinac_6fff`).
+    """
+    return BeamModel(name="water 6X (three-term kernel)", energy_mv=6.0, filter="FF", sad_mm=1000.0, ref_depth_mm=15.0,
+                     commissioned_against="beam_6mv/10x10PDD.mcc (depth) and 10 MV FFF profiles (lateral)",
+                     **WATER_6X_TAIL_FIT).calibrated()
+
+
 #: result of ``commission()`` on beam_6mv (regenerate with ``python -m sarcart.dose.commission``)
 WATER_6X_FIT: dict[str, float] = {'buildup_c': 0.62986123, 'buildup_beta_per_mm': 0.23861231, 'mu_per_mm': 0.00116671, 'eta_per_mm2': -5.0823289e-06, 'sigma_p0_mm': 1.85912784, 'sigma_s0_mm': 36.4445537, 'ws_max': 0.36564299}
 #: water 6X with the FFF changes of ``derive_fff`` (same command)
 MRL_6FFF_DERIVED: dict[str, object] = {'buildup_c': 0.62986123, 'buildup_beta_per_mm': 0.23861231, 'mu_per_mm': 0.00168614, 'eta_per_mm2': -5.0823289e-06, 'sigma_p0_mm': 1.85912784, 'sigma_s0_mm': 36.4445537, 'ws_max': 0.36564299, 'oaf_coeffs': (-0.384236, 0.033137)}
+#: water 6X with the three-term kernel: ``commission()["water_6x_tail"]`` (same command)
+WATER_6X_TAIL_FIT: dict[str, float] = {'buildup_c': 0.62986123, 'buildup_beta_per_mm': 0.23861231, 'mu_per_mm': 0.00116671, 'eta_per_mm2': -5.0823289e-06, 'sigma_p0_mm': 0.75106465, 'sigma_s0_mm': 36.4445537, 'ws_max': 0.36564299, 'tail_share': 0.34023188, 'sigma_tail_mm': 4.13456024}

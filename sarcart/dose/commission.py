@@ -9,8 +9,13 @@ scatter share enters the central-axis depth dose. A second lateral stage (:func:
 the 10 MV FFF profiles only) adds an intermediate Gaussian for the foot of the penumbra
 (``water_6x_tail``; closed-form water dose only, the engine keeps the two-term kernel).
 
-Run ``python -m sarcart.dose.commission [BEAM_DATA_DIR] [--figure PNG]`` to refit, print the residual
-tables and draw the figure of docs/dose.md.
+Optional processing (``commission(..., centre_profiles=True)``): every measured profile, training and
+held-out alike, is shifted so that the midpoint of its 50 % points is at 0 mm (central-axis centring,
+AAPM TG-106, Das et al. 2008, doi 10.1118/1.2969070; :meth:`sarcart.io.mcc.MccScan.centred`). The shift
+comes from each measurement alone, never from the model; the 6 MV profiles still take no part in a fit.
+
+Run ``python -m sarcart.dose.commission [BEAM_DATA_DIR] [--figure PNG]`` to refit (profiles as measured,
+then centred), print the residual tables and draw the figure of docs/dose.md.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -136,6 +142,34 @@ def _width_at(x: np.ndarray, y: np.ndarray, level: float) -> tuple[float, float]
     return float(left), float(right)
 
 
+def _scan_name(scan: MccScan) -> str:
+    return (f"{scan.energy:g} MV {scan.filter} {scan.field_crossplane_mm / 10:g}x{scan.field_inplane_mm / 10:g} "
+            f"{scan.curve_type.split('_')[0].lower()} d={scan.depth_mm / 10:g} cm")
+
+
+def load_profiles(data_dir: str | os.PathLike[str], *, centre_profiles: bool = False
+                  ) -> tuple[list[MccScan], list[MccScan]]:
+    """The measured profiles: (10 MV FFF training profiles, held-out 6 MV profiles).
+
+    Args:
+        data_dir: folder with ``10x10FFF.mcc``, ``30x30FFFxy.mcc`` and ``10x10xy.mcc``.
+        centre_profiles: shift every profile (both lists, the same rule) so that its 50 %-point centre is
+            at 0 mm (:meth:`~sarcart.io.mcc.MccScan.centred`); off: the positions as measured.
+    """
+    root = Path(data_dir)
+    training = read_mcc(root / "10x10FFF.mcc") + read_mcc(root / "30x30FFFxy.mcc")
+    held_out = read_mcc(root / "10x10xy.mcc")
+    if centre_profiles:
+        training, held_out = [s.centred() for s in training], [s.centred() for s in held_out]
+    return training, held_out
+
+
+def profile_centres(data_dir: str | os.PathLike[str]) -> dict[str, float]:
+    """Field centre (mm, 50 % points, central-axis normalisation) of every measured profile, by name."""
+    training, held_out = load_profiles(data_dir)
+    return {_scan_name(s): s.field_centre_mm() for s in (*held_out, *training)}
+
+
 def model_profile(model: BeamModel, scan: MccScan, x_mm: np.ndarray) -> np.ndarray:
     """Model profile at the scan's depth and SSD, in percent of the central-axis value."""
     d = torch.full((len(x_mm),), float(scan.depth_mm), dtype=torch.float64)
@@ -166,8 +200,7 @@ def profile_residuals(model: BeamModel, scan: MccScan, *, dose_pct: float = 2.0,
     inside = np.abs(x) <= 0.8 * (mr - ml) / 2.0
     in_field = np.abs(np.interp(x[inside], fine_x, mod) - meas[inside])
     return ProfileResiduals(
-        name=f"{scan.energy:g} MV {scan.filter} {scan.field_crossplane_mm / 10:g}x{scan.field_inplane_mm / 10:g} "
-        f"{scan.curve_type.split('_')[0].lower()} d={scan.depth_mm / 10:g} cm",
+        name=_scan_name(scan),
         gamma_pass_rate=float(np.mean(g[valid] <= 1.0)) if valid.any() else float("nan"),
         max_gamma=float(np.max(g[valid])) if valid.any() else float("nan"),
         fwhm_measured_mm=mr - ml, fwhm_model_mm=fr - fl,
@@ -257,60 +290,73 @@ def derive_fff(water: BeamModel, pdd_scan: MccScan, oaf_coeffs: tuple[float, ...
     }).calibrated()
 
 
-def commission(data_dir: str | os.PathLike[str]) -> dict[str, object]:
+def commission(data_dir: str | os.PathLike[str], *, centre_profiles: bool = False) -> dict[str, object]:
     """Fit water 6X on ``10x10PDD.mcc``, test on the 6 MV profiles, derive the FFF beam.
+
+    Args:
+        data_dir: the ``beam_6mv`` folder.
+        centre_profiles: centre every measured profile on its 50 % points first (:func:`load_profiles`);
+            the committed ``water_6x`` / ``mrlinac_6fff`` are the uncentred fit (the default).
 
     Returns:
         ``{"water_6x": BeamModel, "mrl_6fff": BeamModel, "pdd": PddResiduals, "profiles": [ProfileResiduals],
-        "water_6x_tail": BeamModel, "pdd_tail": PddResiduals, "profiles_tail": [ProfileResiduals]}`` (the
-        ``_tail`` entries: the three-term kernel of :func:`fit_tail`).
+        "water_6x_tail": BeamModel, "pdd_tail": PddResiduals, "profiles_tail": [ProfileResiduals],
+        "centres_mm": {name: centre}}`` (the ``_tail`` entries: the three-term kernel of :func:`fit_tail`;
+        ``centres_mm``: the 50 %-point centres of the profiles as measured, before any centring).
     """
     root = Path(data_dir)
     pdd = read_mcc(root / "10x10PDD.mcc")[0]
     base = BeamModel(name="water 6X", energy_mv=6.0, filter="FF", sad_mm=pdd.isocenter_mm,
                      commissioned_against="beam_6mv/10x10PDD.mcc (6 MV flattened, SSD 100 cm, depth dose only)")
     water = fit_depth_dose(pdd, base)
-    fff_scans = read_mcc(root / "10x10FFF.mcc") + read_mcc(root / "30x30FFFxy.mcc")
+    fff_scans, held_out = load_profiles(root, centre_profiles=centre_profiles)
     water, cone = fit_lateral(fff_scans, water)
     water = fit_depth_dose(pdd, water)
-    held_out = read_mcc(root / "10x10xy.mcc")
     profiles = [profile_residuals(water, s) for s in held_out]
     mrl = derive_fff(water, pdd, cone)
     tail = fit_depth_dose(pdd, fit_tail(fff_scans, water, cone)[0])
     return {"water_6x": water, "mrl_6fff": mrl, "pdd": pdd_residuals(water, pdd), "profiles": profiles,
             "water_6x_tail": tail, "pdd_tail": pdd_residuals(tail, pdd),
-            "profiles_tail": [profile_residuals(tail, s) for s in held_out]}
+            "profiles_tail": [profile_residuals(tail, s) for s in held_out], "centres_mm": profile_centres(root)}
 
 
 def plot_commissioning(data_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
-    """Figure: measured vs model depth dose and held-out profiles (docs/figures/dose_commissioning.png)."""
+    """Figure: measured vs model depth dose and held-out profiles (docs/figures/dose_commissioning.png).
+
+    Profiles as measured (black) and centred on their 50 % points (grey); the two-term model is the
+    uncentred fit (``water_6x``), the three-term model the centred one (``water_6x_tail``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     root = Path(data_dir)
-    out = commission(root)
-    model, tail = out["water_6x"], out["water_6x_tail"]
+    raw, cen = commission(root), commission(root, centre_profiles=True)
+    model, tail = cast(BeamModel, raw["water_6x"]), cast(BeamModel, cen["water_6x_tail"])
     pdd = read_mcc(root / "10x10PDD.mcc")[0]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.9), dpi=110)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.1), dpi=110)
     d = np.linspace(0, pdd.position_mm.max(), 601)
     m = _model_pdd(model, pdd, d)
     axes[0].plot(pdd.position_mm, pdd.normalised(), "k.", ms=3, label="measured (fit)")
     axes[0].plot(d, 100 * m / m.max(), "r-", lw=1, label="water 6X model")
     axes[0].set(xlabel="depth (mm)", ylabel="PDD (%)", title="6 MV 10x10 SSD 100 cm")
-    for ax, scan in zip(axes[1:], read_mcc(root / "10x10xy.mcc")):
+    held = zip(load_profiles(root)[1], load_profiles(root, centre_profiles=True)[1])
+    for k, (ax, (scan, centred)) in enumerate(zip(axes[1:], held)):
         x = np.linspace(scan.position_mm.min(), scan.position_mm.max(), 641)
         ax.plot(scan.position_mm, scan.normalised(at_mm=0.0), "k.", ms=3, label="measured (held out)")
+        ax.plot(centred.position_mm, centred.normalised(at_mm=0.0), ".", color="0.6", ms=3,
+                label=f"centred ({-scan.field_centre_mm():+.2f} mm)")
         ax.plot(x, model_profile(model, scan, x), "r-", lw=1, label="two-term model (engine)")
-        ax.plot(x, model_profile(tail, scan, x), "b--", lw=1, label="three-term model")
-        g2, g3 = (100 * profile_residuals(m, scan).gamma_pass_rate for m in (model, tail))
+        ax.plot(x, model_profile(tail, scan, x), "b--", lw=1, label="three-term model (centred fit)")
+        rates = [100 * o[key][k].gamma_pass_rate for o in (raw, cen) for key in ("profiles", "profiles_tail")]  # type: ignore[index]
         ax.set(xlabel="off-axis (mm)", ylabel="% of CAX",
-               title=f"{scan.curve_type.split('_')[0].lower()}, held out\n2%/2mm pass: two-term {g2:.1f} %, three-term {g3:.1f} %")
+               title=f"{scan.curve_type.split('_')[0].lower()}, held out, 2%/2mm pass (two- / three-term)\n"
+               f"as measured {rates[0]:.1f} / {rates[1]:.1f} %, centred {rates[2]:.1f} / {rates[3]:.1f} %")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        ax.title.set_fontsize(9)
+        ax.title.set_fontsize(8)
     fig.suptitle("water 6X commissioning (research; MR-linac beam NOT commissioned on MR-linac data)", fontsize=9)
     fig.tight_layout()
     out = Path(path)
@@ -331,14 +377,17 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - developer 
     data = Path(args[0]) if args else Path(__file__).resolve().parents[3] / "shared" / "data" / "beam_6mv"
     if figure:
         plot_commissioning(data, figure)
-    out = commission(data)
     con = Console()
-    con.print(out["pdd"])
-    for p in [*out["profiles"], out["pdd_tail"], *out["profiles_tail"]]:  # type: ignore[misc]
-        con.print(p)
-    for key in ("water_6x", "mrl_6fff", "water_6x_tail"):
-        m = out[key]
-        con.print(key, {k: getattr(m, k) for k in (*FIT_KEYS, *LATERAL_KEYS, *TAIL_KEYS, "oaf_coeffs", "norm")})
+    for centred in (False, True):
+        out = commission(data, centre_profiles=centred)
+        con.print(f"[bold]profiles {'centred on their 50 % points' if centred else 'as measured'}[/bold]")
+        if not centred:
+            con.print("50 %-point centres (mm):", out["centres_mm"])
+        for p in [out["pdd"], *out["profiles"], out["pdd_tail"], *out["profiles_tail"]]:  # type: ignore[misc]
+            con.print(p)
+        for key in ("water_6x", "mrl_6fff", "water_6x_tail"):
+            m = out[key]
+            con.print(key, {k: getattr(m, k) for k in (*FIT_KEYS, *LATERAL_KEYS, *TAIL_KEYS, "oaf_coeffs", "norm")})
     return 0
 
 

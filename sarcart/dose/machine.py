@@ -208,7 +208,9 @@ def water_6x_tail() -> BeamModel:
 
     Same honest split as :func:`water_6x`: the tail share and width, the primary width and the FFF cone are
     fitted on the 10 MV FFF profiles with the broad scatter component held at the two-term fit, the depth
-    parameters are then refitted on the 6 MV PDD; the 6 MV profiles stay held out. Closed-form water dose
+    parameters are then refitted on the 6 MV PDD; the 6 MV profiles stay held out. Every measured profile
+    is first centred on its 50 % points (``commission(..., centre_profiles=True)``, AAPM TG-106, doi
+    10.1118/1.2969070), unlike the two-term models, which stay the uncentred fit. Closed-form water dose
     only: the dose engine implements the two-term kernel (:func:`water_6x`, :func:`mrlinac_6fff`).
     """
     return BeamModel(name="water 6X (three-term kernel)", energy_mv=6.0, filter="FF", sad_mm=1000.0, ref_depth_mm=15.0,
@@ -220,5 +222,5 @@ def water_6x_tail() -> BeamModel:
 WATER_6X_FIT: dict[str, float] = {'buildup_c': 0.62986123, 'buildup_beta_per_mm': 0.23861231, 'mu_per_mm': 0.00116671, 'eta_per_mm2': -5.0823289e-06, 'sigma_p0_mm': 1.85912784, 'sigma_s0_mm': 36.4445537, 'ws_max': 0.36564299}
 #: water 6X with the FFF changes of ``derive_fff`` (same command)
 MRL_6FFF_DERIVED: dict[str, object] = {'buildup_c': 0.62986123, 'buildup_beta_per_mm': 0.23861231, 'mu_per_mm': 0.00168614, 'eta_per_mm2': -5.0823289e-06, 'sigma_p0_mm': 1.85912784, 'sigma_s0_mm': 36.4445537, 'ws_max': 0.36564299, 'oaf_coeffs': (-0.384236, 0.033137)}
-#: water 6X with the three-term kernel: ``commission()["water_6x_tail"]`` (same command)
-WATER_6X_TAIL_FIT: dict[str, float] = {'buildup_c': 0.62986123, 'buildup_beta_per_mm': 0.23861231, 'mu_per_mm': 0.00116671, 'eta_per_mm2': -5.0823289e-06, 'sigma_p0_mm': 0.75106465, 'sigma_s0_mm': 36.4445537, 'ws_max': 0.36564299, 'tail_share': 0.34023188, 'sigma_tail_mm': 4.13456024}
+#: water 6X with the three-term kernel, profiles centred: ``commission(..., centre_profiles=True)["water_6x_tail"]``
+WATER_6X_TAIL_FIT: dict[str, float] = {'buildup_c': 0.62986479, 'buildup_beta_per_mm': 0.23861756, 'mu_per_mm': 0.001166591, 'eta_per_mm2': -5.0818484e-06, 'sigma_p0_mm': 0.76536836, 'sigma_s0_mm': 36.438781, 'ws_max': 0.36573773, 'tail_share': 0.33573213, 'sigma_tail_mm': 4.1609253}

@@ -30,8 +30,11 @@ class SegmentSettings(_Frozen):
 
     model: str | None = Field("trufi", description="shipped model name, bundle path or MLflow URI; null: "
                               "propagation only")
-    network_structures: tuple[str, ...] = Field(("GTV", "BOWEL", "KIDNEY_L", "KIDNEY_R"),
-                                                description="structures taken from the network when it has them")
+    network_structures: tuple[str, ...] = Field(("KIDNEY_L", "KIDNEY_R"),
+                                                description="structures taken from the network when it has them; the "
+                                                "others are propagated from the reference. Default: the kidneys only, "
+                                                "because propagation beats the shipped trufi network on GTV and BOWEL "
+                                                "(paired Dice and HD95 CIs exclude 0, docs/qa.md) and ties on kidneys")
     body_from_image: bool = Field(True, description="BODY by an intensity rule (largest bright component, filled) "
                                   "instead of propagation")
     flagged_fallback: bool = Field(True, description="replace a network structure that QA flags by propagation")
@@ -48,8 +51,9 @@ class PaintingSettings(_Frozen):
     bin_count: int = Field(16, ge=4, le=128)
     features: tuple[str, ...] = ("firstorder_Mean", "firstorder_Variance", "glcm_JointEntropy")
     habitats: int = Field(3, ge=2, le=6)
-    risk_model: str | None = Field(None, description="a risk model (.skops, MLflow URI); null: the darkest habitat "
-                                   "is the high-risk region (unsupervised rule, not a validated predictor)")
+    risk_model: str | None = Field("adapt-risk", description="risk model: shipped name (adapt-risk, trained on the "
+                                   "phantom's hypoxia: docs/models/adapt-risk.md), .skops file or MLflow URI; null: "
+                                   "the darkest habitat is the high-risk region (unsupervised rule)")
     boost_fraction: float = Field(0.2, ge=0.0, le=0.5, description="boost dose = (1 + this) x prescription")
     risk_low: float = Field(0.2, ge=0, le=1)
     risk_high: float = Field(0.8, ge=0, le=1)

@@ -5,9 +5,11 @@ computed on the GTV's bounding box only, the image z-scored inside the GTV and d
 fixed number of bins (IBSI recommendation for MR without calibrated units; Zwanenburg et al.,
 Radiology 2020, doi 10.1148/radiol.2020191145). Habitats: k-means on the standardised maps
 (:mod:`sarcart.radiomics.habitats`); later fractions are clustered from the reference's centroids and
-numbered like the reference's. Risk: a trained risk model when configured
-(:func:`sarcart.radiomics.risk.predict_risk`), else the *darkest habitat* (lowest mean intensity — the
-phantom's hypoxic signature) is the high-risk region: an unsupervised rule, not a validated predictor.
+numbered like the reference's. Risk: by default the shipped ``adapt-risk`` model
+(:mod:`sarcart.adapt.risk`; logistic regression on these maps plus depth and distance to necrosis,
+trained on the phantom's HYPOXIA: docs/models/adapt-risk.md); with ``risk_model: null`` the *darkest
+habitat* (lowest mean intensity) is the high-risk region — an unsupervised rule that scores below chance
+on the phantom (AUROC 0.42-0.46), kept for comparison.
 Prescription: linear dose painting by numbers (Bentzen, Lancet Oncol 2005, doi
 10.1016/S1470-2045(05)01737-7) from the base prescription to ``(1 + boost_fraction)`` times it,
 inside the PTV (the map is 0 outside it, as the planner expects).
@@ -99,14 +101,21 @@ def painting_map(image: Volume, masks: dict[str, Volume], base_gy: float, *, set
 
     s = settings or PaintingSettings()
     gtv, ptv = masks["GTV"], masks["PTV"]
-    fm = gtv_feature_maps(image, gtv, s, device=device)
+    risk_model = None
+    if s.risk_model:
+        from sarcart.adapt.risk import load_risk_model, map_names, stage_maps
+
+        risk_model = load_risk_model(s.risk_model)
+        fm = stage_maps(image, gtv, s, necrosis=masks.get("NECROSIS"), extra=map_names(risk_model), device=device)
+    else:
+        fm = gtv_feature_maps(image, gtv, s, device=device)
     cfg = HabitatConfig(features=s.features, k=s.habitats, max_voxels=5000)
     model = fit_habitats(fm, cfg) if reference is None else refit_to_reference(fm, reference)
     hab_c = assign(fm, model)
-    if s.risk_model:
-        from sarcart.radiomics.risk import load_model, predict_risk
+    if risk_model is not None:
+        from sarcart.radiomics.risk import predict_risk
 
-        risk_c = predict_risk(load_model(s.risk_model), fm).array
+        risk_c = predict_risk(risk_model, fm).array
     else:
         risk_c = (hab_c.array == 1).astype(np.float32)
     crop = fm.roi

@@ -33,6 +33,7 @@ def log_risk_model(
     registered_name: str | None = REGISTERED_NAME,
     store: str | os.PathLike[str] | None = None,
     extra_params: Mapping[str, Any] | None = None,
+    experiment: str = EXPERIMENT,
 ) -> dict[str, str]:
     """Log one trained risk model as an MLflow run (params, metrics, model) and optionally register it.
 
@@ -42,7 +43,7 @@ def log_risk_model(
     import mlflow
     import mlflow.sklearn
 
-    exp = tracking.experiment_id(EXPERIMENT, store)
+    exp = tracking.experiment_id(experiment, store)
     with mlflow.start_run(experiment_id=exp) as run:
         tracking.log_config({**asdict(config), **dict(extra_params or {})}, artifact_file="risk_config.json")
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})

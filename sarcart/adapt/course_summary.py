@@ -151,7 +151,9 @@ def fraction_row(m: dict[str, Any]) -> dict[str, Any]:
             "bowel D0.5cc (true) Gy": true_dose.get("BOWEL", {}).get("D0.5cc_gy", float("nan")),
             "kidney mean Gy": h["KIDNEYS_mean_gy"],
             "kidney mean (true) Gy": float(np.mean(kid_true)) if kid_true else float("nan"),
-            "QF": h["painting_QF"], "reg err mean mm": reg.get("mean_mm", float("nan")),
+            "QF": h["painting_QF"],
+            "risk AUROC (true hypoxia)": truth.get("painting_vs_true_hypoxia", {}).get("risk_auroc", float("nan")),
+            "reg err mean mm": reg.get("mean_mm", float("nan")),
             "reg err p95 mm": reg.get("p95_mm", float("nan")), "time s": m["timings_s"].get("total", float("nan")),
             **{f"t {k}": v for k, v in m["timings_s"].items() if k != "total"}}
 

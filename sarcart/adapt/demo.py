@@ -76,7 +76,7 @@ def print_summary(rows: list[dict], course_summary: dict, out: Path, seconds: fl
     from rich.table import Table
 
     cols = ["fx", "adapted", "QA flags", "Dice GTV", "Dice bowel", "PTV D95 Gy", "bowel D0.5cc Gy",
-            "bowel D0.5cc (true) Gy", "kidney mean Gy", "QF", "reg err mean mm", "time s", "t segment", "t painting",
+            "bowel D0.5cc (true) Gy", "kidney mean Gy", "QF", "risk AUROC (true hypoxia)", "reg err mean mm", "time s", "t segment", "t painting",
             "t predicted_plan", "t reoptimise", "t outputs", "t report"]
     table = Table(title="sarcart demo - research software, NOT FOR CLINICAL USE (6 mm demo grid)")
     for c in cols:

@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import sarcart
 from sarcart.adapt.config import AdaptConfig
 from sarcart.io.course import Course, Fraction
@@ -125,6 +127,9 @@ def truth_metrics(fx: Fraction, state: dict[str, Any]) -> dict[str, Any]:
     names = ("GTV", "BOWEL", "KIDNEY_L", "KIDNEY_R")
     out["dose_on_true_contours"] = _dose_on(state["chosen"], true, names)
     out["dose_on_auto_contours"] = _dose_on(state["chosen"], masks, names)
+    if state.get("painting") is not None and fx.hypoxia.is_file():
+        out["painting_vs_true_hypoxia"] = _painting_vs_hypoxia(state["painting"], masks,
+                                                               read_nifti(fx.hypoxia).array != 0)
     if fx.deformation_to_ref.is_file():
         truth = read_nifti(fx.deformation_to_ref)
         disp = state["seg"].displacement
@@ -132,6 +137,21 @@ def truth_metrics(fx: Fraction, state: dict[str, Any]) -> dict[str, Any]:
             "body": displacement_error_mm(disp, truth, true["BODY"].array),
             "gtv": displacement_error_mm(disp, truth, true["GTV"].array)}
     return out
+
+
+def _painting_vs_hypoxia(painting: Any, masks: dict[str, Any], hypoxia: np.ndarray) -> dict[str, float]:
+    """How well today's risk map finds the phantom's true hypoxia in today's viable GTV (GTV - NECROSIS):
+    voxel AUROC of the risk and Dice of the boost region (prescription above the base-boost midpoint)."""
+    from sklearn.metrics import roc_auc_score
+
+    roi = np.asarray(masks["GTV"].array, bool)
+    if "NECROSIS" in masks:
+        roi &= ~np.asarray(masks["NECROSIS"].array, bool)
+    y = hypoxia[roi]
+    auroc = float(roc_auc_score(y, painting.risk.array[roi])) if 0 < y.sum() < y.size else float("nan")
+    boost = painting.boost_region[roi]
+    dice_b = float(2 * (boost & y).sum() / max(int(boost.sum() + y.sum()), 1))
+    return {"risk_auroc": auroc, "boost_dice": dice_b, "hypoxic_share": float(y.mean()) if y.size else float("nan")}
 
 
 def headline(plan: dict[str, Any]) -> dict[str, float]:

@@ -90,3 +90,28 @@ def test_painting_stage_returns_the_models_risk(fractions) -> None:
 def test_an_unknown_risk_model_names_the_shipped_ones() -> None:
     with pytest.raises(ConfigError, match="adapt-risk"):
         load_risk_model("no-such-model.skops")
+
+
+def test_truth_metrics_of_the_painting_on_hand_made_maps() -> None:
+    """Perfect risk -> AUROC 1 and boost Dice 1; inverted risk -> AUROC 0 (analytic); NECROSIS is left out."""
+    from types import SimpleNamespace
+
+    from sarcart.adapt.fraction_outputs import _painting_vs_hypoxia
+    from sarcart.io.geometry import Geometry, Volume
+
+    geo = Geometry((10, 10, 4), (3.0, 3.0, 3.0), (0.0, 0.0, 0.0))
+    gtv = np.zeros(geo.shape, bool)
+    gtv[2:8, 2:8, :] = True
+    hyp = np.zeros(geo.shape, bool)
+    hyp[4:6, 4:6, :] = True
+    nec = np.zeros(geo.shape, bool)
+    nec[2, 2:8, :] = True
+    masks = {"GTV": Volume(gtv, geo), "NECROSIS": Volume(nec, geo)}
+    risk = np.where(hyp, 0.9, np.where(nec, 1.0, 0.1)).astype(np.float32)   # necrosis "risk" must not count
+    perfect = SimpleNamespace(risk=Volume(risk, geo), boost_region=hyp.copy())
+    got = _painting_vs_hypoxia(perfect, masks, hyp)
+    assert got["risk_auroc"] == 1.0 and got["boost_dice"] == 1.0
+    assert got["hypoxic_share"] == pytest.approx(16 / (36 * 4 - 6 * 4))
+    inverted = SimpleNamespace(risk=Volume(1.0 - risk, geo), boost_region=gtv & ~hyp)
+    got = _painting_vs_hypoxia(inverted, masks, hyp)
+    assert got["risk_auroc"] == 0.0 and got["boost_dice"] == 0.0

@@ -14,9 +14,11 @@ On a synthetic retroperitoneal patient from ``sarcart synth`` (3 mm grid, 15 bea
 
 ``--plan-threads 1,2`` times the warm re-optimisation with each torch thread count (``settings.threads``),
 interleaved in the same run, to show the OpenMP oversubscription effect on a shared machine.
+``--models three-term,two-term`` runs the whole sequence with each beam model in the same run: the
+engine's three-term ``mrlinac_6fff()`` and the two-term ``mrlinac_6fff_two_term()`` it replaced.
 
 Run:  .venv/bin/python benchmarks/bench_dose_reopt.py [--cohort DIR] [--repeats N] [--device cpu|cuda]
-      [--plan-threads 1[,2]]
+      [--plan-threads 1[,2]] [--models three-term[,two-term]]
 (without --cohort a one-patient cohort is generated with ``sarcart synth`` into a temporary folder).
 The table printed at the end is what goes into BENCHMARKS.md. Research only: the beam model is not
 commissioned on MR-linac data.
@@ -37,6 +39,7 @@ import torch
 from scipy import ndimage
 
 from sarcart.dose.evaluation import painting_quality
+from sarcart.dose.machine import BeamModel, mrlinac_6fff, mrlinac_6fff_two_term
 from sarcart.dose.outputs import plan_metrics
 from sarcart.dose.plan import PlanResult, plan_fraction, plan_state
 from sarcart.dose.prescription import PaintingSpec, load_prescription
@@ -45,6 +48,7 @@ from sarcart.io.nifti import read_mask, read_nifti
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ("BODY", "GTV", "BOWEL", "KIDNEY_L", "KIDNEY_R", "BONE", "GAS")
+MODELS = {"three-term": mrlinac_6fff, "two-term": mrlinac_6fff_two_term}
 
 
 def _cohort(path: Path | None) -> Path:
@@ -122,25 +126,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads outside plan_fraction")
     ap.add_argument("--plan-threads", default="", help="comma-separated settings.threads values to time the warm "
                     "re-optimisation with (default: the prescription's)")
+    ap.add_argument("--models", default="three-term", help=f"comma-separated beam models, of {sorted(MODELS)}")
     args = ap.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models or any(m not in MODELS for m in models):
+        ap.error(f"--models must name some of {sorted(MODELS)}, got {args.models!r}")
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()
     patient = next(p for p in sorted(_cohort(args.cohort).iterdir()) if p.is_dir() and (p / "fx00").is_dir())
     presc = load_prescription(REPO / "configs/prescriptions/retroperitoneum_48gy_6fx.yaml")
+    threads = [int(n) for n in args.plan_threads.split(",") if n.strip()] or [presc.settings.threads]
+    rows, paint = [], {}
+    for name in models:
+        tag = f"{name}: " if len(models) > 1 else ""
+        model_rows, rp = _sequence(patient, presc, MODELS[name](), threads, args)
+        rows += [{**r, "case": tag + str(r["case"])} for r in model_rows]
+        paint.update({f"{tag}{k}": v for k, v in _painting(rp).items()})
+    _print(rows, paint, _fraction(patient, 1)[0], (load0, os.getloadavg()))
+    return 0
+
+
+def _sequence(patient: Path, presc, model: BeamModel, threads: list[int], args) -> tuple[list[dict], PlanResult]:
+    """fx00 cold, fx01 warm (median of ``args.repeats`` per thread count), fx01 painted, with one beam model."""
     rows = []
     image0, masks0 = _fraction(patient, 0)
     t = time.perf_counter()
-    ref = plan_fraction(image0, masks0, presc, device=args.device)
+    ref = plan_fraction(image0, masks0, presc, device=args.device, model=model)
     rows.append(_row("fx00 cold", ref, time.perf_counter() - t))
     image1, masks1 = _fraction(patient, 1)
     state = {k: np.asarray(v) for k, v in plan_state(ref).items()}
-    threads = [int(n) for n in args.plan_threads.split(",") if n.strip()] or [presc.settings.threads]
     runs: dict[int, list] = {n: [] for n in threads}
     for _ in range(args.repeats):
         for n in threads:  # interleaved, so that every thread count sees the same machine load
             pn = presc.model_copy(update={"settings": presc.settings.model_copy(update={"threads": n})})
             t = time.perf_counter()
-            r1 = plan_fraction(image1, masks1, pn, warm_start=state, device=args.device)
+            r1 = plan_fraction(image1, masks1, pn, warm_start=state, device=args.device, model=model)
             runs[n].append((time.perf_counter() - t, r1))
     for n in threads:
         total, r1 = sorted(runs[n], key=lambda x: x[0])[len(runs[n]) // 2]
@@ -149,10 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                 ramp_mm=5.0, weight=50.0)})
     t = time.perf_counter()
     rp = plan_fraction(image1, masks1, painted, warm_start={k: np.asarray(v) for k, v in plan_state(r1).items()},
-                       device=args.device)
+                       device=args.device, model=model)
     rows.append(_row("fx01 painted 60/48 Gy", rp, time.perf_counter() - t))
-    _print(rows, _painting(rp), image1, (load0, os.getloadavg()))
-    return 0
+    return rows, rp
 
 
 def _print(rows: list[dict[str, object]], paint: dict[str, dict[str, float]], image, loads: tuple) -> None:
@@ -165,7 +184,7 @@ def _print(rows: list[dict[str, object]], paint: dict[str, dict[str, float]], im
     print("|" + "---|" * len(keys))
     for r in rows:
         print("| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |")
-    print(f"\npainting 60/48 Gy after sequencing (limits met: {rows[-1]['limits met']}), 2 mm shifts along +-x/y/z:")
+    print("\npainting 60/48 Gy after sequencing (limits met: see the painted rows above), 2 mm shifts along +-x/y/z:")
     cols = ["voxels", "QF", "within5", "QF shift mean", "QF shift worst", "within5 shift mean", "within5 shift worst"]
     print("| region | " + " | ".join(cols) + " |")
     print("|" + "---|" * (len(cols) + 1))

@@ -6,13 +6,15 @@ off-axis cone are fitted on the *10 MV FFF* profiles (10x10 and 30x30, the only 
 curves); the measured 6 MV profiles are held out entirely and only test the model (gamma 2 %/2 mm,
 global, 10 % low-dose cut-off). The depth fit is repeated after the lateral fit because the
 scatter share enters the central-axis depth dose. A second lateral stage (:func:`fit_tail`, also on
-the 10 MV FFF profiles only) adds an intermediate Gaussian for the foot of the penumbra
-(``water_6x_tail``; closed-form water dose only, the engine keeps the two-term kernel).
+the 10 MV FFF profiles only) adds an intermediate Gaussian for the foot of the penumbra: that
+three-term kernel is ``water_6x`` (the engine's model), the two-term stage stays available for
+comparison (``water_6x_two_term``). The FFF beam is derived from each with its own fitted cone.
 
-Optional processing (``commission(..., centre_profiles=True)``): every measured profile, training and
+Processing (``commission(..., centre_profiles=True)``, the default): every measured profile, training and
 held-out alike, is shifted so that the midpoint of its 50 % points is at 0 mm (central-axis centring,
 AAPM TG-106, Das et al. 2008, doi 10.1118/1.2969070; :meth:`sarcart.io.mcc.MccScan.centred`). The shift
 comes from each measurement alone, never from the model; the 6 MV profiles still take no part in a fit.
+``centre_profiles=False`` fits and tests on the positions as measured.
 
 Run ``python -m sarcart.dose.commission [BEAM_DATA_DIR] [--figure PNG]`` to refit (profiles as measured,
 then centred), print the residual tables and draw the figure of docs/dose.md.
@@ -290,19 +292,22 @@ def derive_fff(water: BeamModel, pdd_scan: MccScan, oaf_coeffs: tuple[float, ...
     }).calibrated()
 
 
-def commission(data_dir: str | os.PathLike[str], *, centre_profiles: bool = False) -> dict[str, object]:
+def commission(data_dir: str | os.PathLike[str], *, centre_profiles: bool = True) -> dict[str, object]:
     """Fit water 6X on ``10x10PDD.mcc``, test on the 6 MV profiles, derive the FFF beam.
 
     Args:
         data_dir: the ``beam_6mv`` folder.
-        centre_profiles: centre every measured profile on its 50 % points first (:func:`load_profiles`);
-            the committed ``water_6x`` / ``mrlinac_6fff`` are the uncentred fit (the default).
+        centre_profiles: centre every measured profile on its 50 % points first (:func:`load_profiles`;
+            the default, which gives the committed ``water_6x`` / ``mrlinac_6fff``); ``False``: the
+            positions as measured (gives the committed two-term ``water_6x_two_term`` /
+            ``mrlinac_6fff_two_term``, the engine's model before the three-term kernel).
 
     Returns:
         ``{"water_6x": BeamModel, "mrl_6fff": BeamModel, "pdd": PddResiduals, "profiles": [ProfileResiduals],
-        "water_6x_tail": BeamModel, "pdd_tail": PddResiduals, "profiles_tail": [ProfileResiduals],
-        "centres_mm": {name: centre}}`` (the ``_tail`` entries: the three-term kernel of :func:`fit_tail`;
-        ``centres_mm``: the 50 %-point centres of the profiles as measured, before any centring).
+        "water_6x_two_term": ..., "mrl_6fff_two_term": ..., "pdd_two_term": ..., "profiles_two_term": ...,
+        "centres_mm": {name: centre}}`` (unsuffixed: the three-term kernel of :func:`fit_tail`;
+        ``_two_term``: the :func:`fit_lateral` stage; ``centres_mm``: the 50 %-point centres of the
+        profiles as measured, before any centring).
     """
     root = Path(data_dir)
     pdd = read_mcc(root / "10x10PDD.mcc")[0]
@@ -310,21 +315,23 @@ def commission(data_dir: str | os.PathLike[str], *, centre_profiles: bool = Fals
                      commissioned_against="beam_6mv/10x10PDD.mcc (6 MV flattened, SSD 100 cm, depth dose only)")
     water = fit_depth_dose(pdd, base)
     fff_scans, held_out = load_profiles(root, centre_profiles=centre_profiles)
-    water, cone = fit_lateral(fff_scans, water)
-    water = fit_depth_dose(pdd, water)
-    profiles = [profile_residuals(water, s) for s in held_out]
-    mrl = derive_fff(water, pdd, cone)
-    tail = fit_depth_dose(pdd, fit_tail(fff_scans, water, cone)[0])
-    return {"water_6x": water, "mrl_6fff": mrl, "pdd": pdd_residuals(water, pdd), "profiles": profiles,
-            "water_6x_tail": tail, "pdd_tail": pdd_residuals(tail, pdd),
-            "profiles_tail": [profile_residuals(tail, s) for s in held_out], "centres_mm": profile_centres(root)}
+    two, cone_two = fit_lateral(fff_scans, water)
+    two = fit_depth_dose(pdd, two)
+    lateral, cone = fit_tail(fff_scans, two, cone_two)
+    three = fit_depth_dose(pdd, lateral)
+    return {"water_6x": three, "mrl_6fff": derive_fff(three, pdd, cone), "pdd": pdd_residuals(three, pdd),
+            "profiles": [profile_residuals(three, s) for s in held_out],
+            "water_6x_two_term": two, "mrl_6fff_two_term": derive_fff(two, pdd, cone_two),
+            "pdd_two_term": pdd_residuals(two, pdd), "profiles_two_term": [profile_residuals(two, s) for s in held_out],
+            "centres_mm": profile_centres(root)}
 
 
 def plot_commissioning(data_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     """Figure: measured vs model depth dose and held-out profiles (docs/figures/dose_commissioning.png).
 
     Profiles as measured (black) and centred on their 50 % points (grey); the two-term model is the
-    uncentred fit (``water_6x``), the three-term model the centred one (``water_6x_tail``).
+    uncentred fit (``water_6x_two_term``, the engine's model before), the three-term model the centred
+    one (``water_6x``, the engine's model).
     """
     import matplotlib
 
@@ -332,14 +339,16 @@ def plot_commissioning(data_dir: str | os.PathLike[str], path: str | os.PathLike
     import matplotlib.pyplot as plt
 
     root = Path(data_dir)
-    raw, cen = commission(root), commission(root, centre_profiles=True)
-    model, tail = cast(BeamModel, raw["water_6x"]), cast(BeamModel, cen["water_6x_tail"])
+    raw, cen = commission(root, centre_profiles=False), commission(root)
+    model, tail = cast(BeamModel, raw["water_6x_two_term"]), cast(BeamModel, cen["water_6x"])
     pdd = read_mcc(root / "10x10PDD.mcc")[0]
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.1), dpi=110)
     d = np.linspace(0, pdd.position_mm.max(), 601)
     m = _model_pdd(model, pdd, d)
     axes[0].plot(pdd.position_mm, pdd.normalised(), "k.", ms=3, label="measured (fit)")
-    axes[0].plot(d, 100 * m / m.max(), "r-", lw=1, label="water 6X model")
+    t = _model_pdd(tail, pdd, d)
+    axes[0].plot(d, 100 * m / m.max(), "r-", lw=1, label="two-term model")
+    axes[0].plot(d, 100 * t / t.max(), "b--", lw=1, label="three-term model (engine)")
     axes[0].set(xlabel="depth (mm)", ylabel="PDD (%)", title="6 MV 10x10 SSD 100 cm")
     held = zip(load_profiles(root)[1], load_profiles(root, centre_profiles=True)[1])
     for k, (ax, (scan, centred)) in enumerate(zip(axes[1:], held)):
@@ -347,9 +356,9 @@ def plot_commissioning(data_dir: str | os.PathLike[str], path: str | os.PathLike
         ax.plot(scan.position_mm, scan.normalised(at_mm=0.0), "k.", ms=3, label="measured (held out)")
         ax.plot(centred.position_mm, centred.normalised(at_mm=0.0), ".", color="0.6", ms=3,
                 label=f"centred ({-scan.field_centre_mm():+.2f} mm)")
-        ax.plot(x, model_profile(model, scan, x), "r-", lw=1, label="two-term model (engine)")
-        ax.plot(x, model_profile(tail, scan, x), "b--", lw=1, label="three-term model (centred fit)")
-        rates = [100 * o[key][k].gamma_pass_rate for o in (raw, cen) for key in ("profiles", "profiles_tail")]  # type: ignore[index]
+        ax.plot(x, model_profile(model, scan, x), "r-", lw=1, label="two-term model (uncentred fit, before)")
+        ax.plot(x, model_profile(tail, scan, x), "b--", lw=1, label="three-term model (centred fit, engine)")
+        rates = [100 * o[key][k].gamma_pass_rate for o in (raw, cen) for key in ("profiles_two_term", "profiles")]  # type: ignore[index]
         ax.set(xlabel="off-axis (mm)", ylabel="% of CAX",
                title=f"{scan.curve_type.split('_')[0].lower()}, held out, 2%/2mm pass (two- / three-term)\n"
                f"as measured {rates[0]:.1f} / {rates[1]:.1f} %, centred {rates[2]:.1f} / {rates[3]:.1f} %")
@@ -383,9 +392,9 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - developer 
         con.print(f"[bold]profiles {'centred on their 50 % points' if centred else 'as measured'}[/bold]")
         if not centred:
             con.print("50 %-point centres (mm):", out["centres_mm"])
-        for p in [out["pdd"], *out["profiles"], out["pdd_tail"], *out["profiles_tail"]]:  # type: ignore[misc]
+        for p in [out["pdd_two_term"], *out["profiles_two_term"], out["pdd"], *out["profiles"]]:  # type: ignore[misc]
             con.print(p)
-        for key in ("water_6x", "mrl_6fff", "water_6x_tail"):
+        for key in ("water_6x_two_term", "mrl_6fff_two_term", "water_6x", "mrl_6fff"):
             m = out[key]
             con.print(key, {k: getattr(m, k) for k in (*FIT_KEYS, *LATERAL_KEYS, *TAIL_KEYS, "oaf_coeffs", "norm")})
     return 0

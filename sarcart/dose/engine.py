@@ -2,18 +2,19 @@
 
 For one beam, a point at isocentre-plane position ``(u, v)`` and radiological depth ``d`` receives::
 
-    D = pref(d, z, t) * [(1 - ws(d)) * P(u, v; sigma_p(d)) + ws(d) * S(u, v; sigma_s(d))]
+    D = pref(d, z, t) * [(1 - ws(d) - wt) * P(u, v; sigma_p(d)) + ws(d) * P(u, v; sigma_s(d)) + wt * P(u, v; sigma_t)]
     P(u, v; s) = sum_rc W[r, c] * Ev_r(v; s) * Eu_c(u; s)
 
 with ``Eu_c`` / ``Ev_r`` the beamlet's opening convolved with a 1D Gaussian (an erf difference) and
 ``pref`` the depth, inverse-square, off-axis and calibration factors (:mod:`sarcart.dose.machine`).
 Because the kernel is separable, ``P`` for a whole fluence map is ``Ev @ W @ Eu^T`` on a fine
 isocentre-plane grid, computed at a few depth nodes and interpolated (linearly in depth, bilinearly
-in-plane) at the points: that is the *matrix-free* mode (memory ~ points, exact up to the 1 mm
+in-plane) at the points: that is the *matrix-free* mode (memory ~ points, exact up to the <= 1 mm
 in-plane sampling). The *sparse* mode stores the narrow primary term exactly as a CSR matrix
-(points x beamlets); the broad scatter term, which would make the matrix dense, is applied through
-the same separable maps in both modes. Everything is linear in ``W`` and differentiable with
-autograd, including with respect to leaf positions in :meth:`DoseEngine.aperture_dose`.
+(points x beamlets); the broad scatter term, which would make the matrix dense, and the optional
+intermediate "tail" term (``wt = tail_share > 0``, one depth-independent width ``sigma_t``, maps on the
+primary's grid) go through the same separable maps in both modes. Everything is linear in ``W`` and
+differentiable with autograd, including with respect to leaf positions in :meth:`DoseEngine.aperture_dose`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from sarcart.dose.beams import Beam, beam_coordinates, radiological_depth
 from sarcart.dose.machine import BeamModel, MachineConfig
-from sarcart.errors import ConfigError, InvalidImageError
+from sarcart.errors import InvalidImageError
 from sarcart.io.geometry import Volume
 
 if TYPE_CHECKING:
@@ -41,8 +42,11 @@ log = logging.getLogger(__name__)
 _SQRT2 = math.sqrt(2.0)
 DEPTH_NODES_MM = (0.0, 50.0, 100.0, 150.0, 200.0, 300.0, 450.0)  # primary kernel width nodes
 SCATTER_NODES_MM = (0.0, 100.0, 250.0, 450.0)  # the broad kernel changes slowly with depth
+#: primary map step / surface primary width: the bilinear error at an erf edge is ~ h^2 * 0.242 / (8 sigma^2)
+PRIMARY_STEP_PER_SIGMA = 0.65
 _KERNEL_FLOOR = 1e-5  # primary edge factors below this are zero in the sparse matrix
 Profiles = Callable[..., torch.Tensor]  # (ug, sigma, cache key) -> (B, R, Gu) row profiles
+Term = Literal["primary", "scatter", "tail"]  # the lateral kernel terms (see sarcart.dose.machine)
 
 
 @dataclass(frozen=True)
@@ -130,16 +134,15 @@ class DoseEngine:
         grids: one :class:`BixelGrid` per beam.
         model: the beam model (its ``sad_mm`` must match the beams').
         device / dtype: where and in which precision to compute (CPU float32 by default).
-        primary_step_mm / scatter_step_mm: in-plane sampling of the matrix-free maps.
+        primary_step_mm / scatter_step_mm: in-plane sampling of the matrix-free maps (the primary's also
+            serves the tail term); default primary step ``min(1 mm, 0.65 sigma_p0)``, which keeps the
+            bilinear-interpolation error at a beamlet or leaf edge below about 1.3 % of the edge's step.
     """
 
     def __init__(self, density: Volume, points: torch.Tensor | np.ndarray, beams: list[Beam], grids: list[BixelGrid],
                  model: BeamModel, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 primary_step_mm: float = 1.0, scatter_step_mm: float = 5.0, raytrace_step_mm: float | None = None) -> None:
-        if model.tail_share > 0.0:
-            raise ConfigError(f"beam model {model.name!r} has tail_share={model.tail_share:g}: the dose engine "
-                              "implements the two-term kernel only (primary + scatter); use a model with "
-                              "tail_share 0 such as water_6x() or mrlinac_6fff()")
+                 primary_step_mm: float | None = None, scatter_step_mm: float = 5.0,
+                 raytrace_step_mm: float | None = None) -> None:
         if len(beams) != len(grids) or not beams:
             raise InvalidImageError(f"need one bixel grid per beam, got {len(beams)} beams and {len(grids)} grids")
         for b in beams:
@@ -149,14 +152,15 @@ class DoseEngine:
         self.device, self.dtype = torch.device(device), dtype
         self.points = torch.as_tensor(np.asarray(points), dtype=torch.long, device=self.device).reshape(-1)
         self.offsets = np.concatenate([[0], np.cumsum([g.size for g in grids])]).astype(int)
-        self.primary_step_mm, self.scatter_step_mm = primary_step_mm, scatter_step_mm
+        self.primary_step_mm = primary_step_mm or min(1.0, PRIMARY_STEP_PER_SIGMA * model.sigma_p0_mm)
+        self.scatter_step_mm = scatter_step_mm
         self.raytrace_step_mm = raytrace_step_mm or min(density.geometry.spacing_mm)
         self.nodes = torch.as_tensor(DEPTH_NODES_MM, dtype=dtype, device=self.device)
         self.scatter_nodes = torch.as_tensor(SCATTER_NODES_MM, dtype=dtype, device=self.device)
         ijk = np.stack(np.unravel_index(self.points.cpu().numpy(), density.geometry.shape), axis=1)
         self.points_mm = torch.as_tensor(density.geometry.index_to_world(ijk), dtype=torch.float64, device=self.device)
         self._cache: dict[int, _BeamPoints] = {}
-        self._edges: dict[tuple[int, bool], tuple[torch.Tensor, ...]] = {}
+        self._edges: dict[tuple[int, str], tuple[torch.Tensor, ...]] = {}
         self._eu: dict[tuple, torch.Tensor] = {}
 
     def subset(self, positions: torch.Tensor) -> DoseEngine:
@@ -233,13 +237,30 @@ class DoseEngine:
                              align_corners=True)[0, :, 0].reshape(b, k, -1)
         return torch.einsum("bkm,mk->bm", vals, nw)
 
-    def _edges_for(self, b: int, scatter: bool) -> tuple[torch.Tensor, ...]:
-        """Cached ``(sigmas (K,), ug, vg, Ev (K, Gv, R))`` of the map grid of beam ``b``."""
-        key = (b, scatter)
+    def node_weights(self, b: int, kind: Term) -> torch.Tensor:
+        """``(M, K)`` depth-node weights of beam ``b``'s points for one term (tail: a column of ones)."""
+        bp = self.beam_points(b)
+        if kind == "tail":
+            return torch.ones((len(bp.sel), 1), dtype=self.dtype, device=self.device)
+        return bp.nws if kind == "scatter" else bp.nw
+
+    def term_shares(self, b: int) -> dict[Term, torch.Tensor | float]:
+        """Share of each lateral term at beam ``b``'s points: primary ``1 - ws - wt``, scatter ``ws``, tail ``wt``."""
+        bp, wt = self.beam_points(b), self.model.tail_share
+        shares: dict[Term, torch.Tensor | float] = {"primary": 1.0 - bp.ws - wt, "scatter": bp.ws}
+        if wt > 0.0:
+            shares["tail"] = wt
+        return shares
+
+    def _edges_for(self, b: int, kind: Term) -> tuple[torch.Tensor, ...]:
+        """Cached ``(sigmas (K,), ug, vg, Ev (K, Gv, R))`` of the map grid of beam ``b`` for one term."""
+        key = (b, kind)
         if key not in self._edges:
             g = self.grids[b]
-            sig = self.model.sigma_scatter(self.scatter_nodes) if scatter else self.model.sigma_primary(self.nodes)
-            step = self.scatter_step_mm if scatter else self.primary_step_mm
+            sig = {"primary": lambda: self.model.sigma_primary(self.nodes),  # (K,) widths at the depth nodes
+                   "scatter": lambda: self.model.sigma_scatter(self.scatter_nodes),  # the tail: 1 node
+                   "tail": lambda: torch.full((1,), self.model.sigma_tail_mm, dtype=self.dtype, device=self.device)}[kind]()
+            step = self.scatter_step_mm if kind == "scatter" else self.primary_step_mm
             ug, vg = self._map_grid(b, step, 4.0 * float(sig.max()) + step)
             v_lo = torch.as_tensor(g.v_edges[:-1], dtype=self.dtype, device=self.device)
             v_hi = torch.as_tensor(g.v_edges[1:], dtype=self.dtype, device=self.device)
@@ -247,13 +268,18 @@ class DoseEngine:
             self._edges[key] = (sig, ug, vg, ev)
         return self._edges[key]
 
-    def _component(self, row_profiles: Profiles, b: int, *, scatter: bool) -> torch.Tensor:
-        """Primary or scatter term at beam ``b``'s points, ``(B, M)``; ``row_profiles(ug, sigma, k) -> (B, R, Gu)``."""
-        sig, ug, vg, ev = self._edges_for(b, scatter)
-        maps = torch.stack([torch.einsum("vr,brg->bvg", ev[k], row_profiles(ug, s, (b, scatter, k)))
+    def _component(self, row_profiles: Profiles, b: int, kind: Term) -> torch.Tensor:
+        """One lateral term at beam ``b``'s points, ``(B, M)``; ``row_profiles(ug, sigma, k) -> (B, R, Gu)``."""
+        sig, ug, vg, ev = self._edges_for(b, kind)
+        maps = torch.stack([torch.einsum("vr,brg->bvg", ev[k], row_profiles(ug, s, (b, kind, k)))
                             for k, s in enumerate(sig)], dim=1)
-        bp = self.beam_points(b)
-        return self._sample_maps(maps, ug, vg, bp.nws if scatter else bp.nw, bp)
+        return self._sample_maps(maps, ug, vg, self.node_weights(b, kind), self.beam_points(b))
+
+    def _lateral(self, row_profiles: Profiles, b: int, *, primary: bool = True) -> torch.Tensor:
+        """Share-weighted sum of the lateral terms, ``(B, M)`` (``primary=False``: the broad terms only)."""
+        terms = [share * self._component(row_profiles, b, kind) for kind, share in self.term_shares(b).items()
+                 if kind != "primary" or primary]
+        return torch.stack(terms).sum(0)
 
     def _bixel_profiles(self, w: torch.Tensor, b: int) -> Profiles:
         """Row profiles of fluence maps ``w`` ``(R, C)`` or ``(B, R, C)`` -> ``(B, R, Gu)``."""
@@ -273,18 +299,13 @@ class DoseEngine:
         bp = self.beam_points(b)
         w = self.beam_weights(weights.to(self.dtype), b)
         prof = self._bixel_profiles(w, b)
-        out = bp.ws * self._component(prof, b, scatter=True)[0]
-        if primary:
-            out = out + (1.0 - bp.ws) * self._component(prof, b, scatter=False)[0]
-        return bp.pref * out
+        return bp.pref * self._lateral(prof, b, primary=primary)[0]
 
     def bixel_columns(self, b: int, maps: torch.Tensor, *, primary: bool = True) -> torch.Tensor:
         """``(N, B)`` doses of ``B`` fluence maps ``(B, R, C)`` of beam ``b`` (e.g. segments as open beamlets)."""
         bp = self.beam_points(b)
         prof = self._bixel_profiles(maps.to(self.dtype), b)
-        per = bp.ws * self._component(prof, b, scatter=True)
-        if primary:
-            per = per + (1.0 - bp.ws) * self._component(prof, b, scatter=False)
+        per = self._lateral(prof, b, primary=primary)
         out = torch.zeros((self.n_points, maps.shape[0]), dtype=self.dtype, device=self.device)
         return out.index_add(0, bp.sel, (bp.pref * per).T)
 
@@ -316,7 +337,7 @@ class DoseEngine:
         bp = self.beam_points(b)
         base = self._aperture_profiles(left_mm.to(self.dtype), right_mm.to(self.dtype))
         prof = lambda ug, s, key: torch.einsum("s,srg->rg", mu.to(self.dtype), base(ug, s))[None]
-        out = bp.ws * self._component(prof, b, scatter=True)[0] + (1.0 - bp.ws) * self._component(prof, b, scatter=False)[0]
+        out = self._lateral(prof, b)[0]
         total = torch.zeros(self.n_points, dtype=self.dtype, device=self.device)
         return total.index_add(0, bp.sel, bp.pref * out)
 
@@ -357,7 +378,7 @@ class DoseEngine:
         eu = 0.5 * (torch.erf((ue[cols + 1] - u) / s) - torch.erf((ue[cols] - u) / s))
         ev = 0.5 * (torch.erf((ve[rows + 1] - v) / s) - torch.erf((ve[rows] - v) / s))
         eu, ev = eu * (eu > _KERNEL_FLOOR), ev * (ev > _KERNEL_FLOOR)
-        val = (bp.pref * (1.0 - bp.ws))[k, None, None] * ev[:, :, None] * eu[:, None, :]  # (m, wr, wc)
+        val = (bp.pref * (1.0 - bp.ws - self.model.tail_share))[k, None, None] * ev[:, :, None] * eu[:, None, :]  # (m, wr, wc)
         col_idx = rows[:, :, None] * n_c + cols[:, None, :] + int(self.offsets[b])
         nz = val > 0
         pts = bp.sel[k][:, None, None].expand_as(val)

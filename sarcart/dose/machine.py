@@ -1,6 +1,6 @@
 """Treatment machine (MLC geometry, field limits) and the photon beam model (pencil-beam kernel).
 
-The beam model is a two-component pencil beam in the spirit of Bortfeld et al. 1993 (doi
+The beam model is a three-component pencil beam in the spirit of Bortfeld et al. 1993 (doi
 10.1118/1.597070) and Ahnesjö et al. 1992 (doi 10.1118/1.596856): the dose at a point of
 radiological (water-equivalent) depth ``d`` from a beamlet of fluence ``w`` (MU) is::
 
@@ -13,11 +13,11 @@ radiological (water-equivalent) depth ``d`` from a beamlet of fluence ``w`` (MU)
   projected to the isocentre plane (an erf product); ``sigma_p`` (primary: source size, leaf ends,
   lateral electron transport) and ``sigma_s`` (phantom scatter) grow linearly with depth.
 * ``ws(d) = ws_max * (1 - exp(-d / ws_len))``: the share of the broad scatter component.
-* optional third term ``wt * K(sigma_t)`` (``tail_share``, ``sigma_tail_mm``; the primary share becomes
+* third term ``wt * K(sigma_t)`` (``tail_share``, ``sigma_tail_mm``; the primary share becomes
   ``1 - ws - wt``): an intermediate-width Gaussian for the non-Gaussian foot of the penumbra (the water
   pencil kernel of Ahnesjo et al. 1992 is cusp-like with exponential tails, which two Gaussians miss).
-  Only the commissioning model ``water_6x_tail()`` uses it; the dose engine implements the two-term
-  kernel and refuses a model with ``tail_share > 0``.
+  ``water_6x()`` and ``mrlinac_6fff()`` use it; ``tail_share = 0`` gives the two-term kernel
+  (``water_6x_two_term()``, ``mrlinac_6fff_two_term()``, kept for comparison).
 * ``OAF(t)``: off-axis fluence as a function of ``t = tan(angle)`` (1 for a flattened beam; the
   cone of a flattening-filter-free beam otherwise).
 * ``N``: calibration so that 1 MU gives ``gy_per_mu_ref`` at the reference point.
@@ -29,7 +29,7 @@ density (the classic pencil-beam limitation; see docs/dose.md).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -179,48 +179,53 @@ class BeamModel(BaseModel):
 
 
 def water_6x() -> BeamModel:
-    """The "water 6X" beam fitted to the measured 6 MV depth dose (see :mod:`sarcart.dose.commission`).
+    """The "water 6X" beam: three-term kernel fitted by :func:`sarcart.dose.commission.commission`.
 
-    The depth parameters are the result of :func:`sarcart.dose.commission.fit_depth_dose` on
-    ``beam_6mv/10x10PDD.mcc``; lateral parameters are a-priori values (not fitted).
+    Honest split: the depth parameters are fitted on the measured 6 MV depth dose
+    (``beam_6mv/10x10PDD.mcc``); the primary width, the tail share and width (:func:`~sarcart.dose.
+    commission.fit_tail`) and the broad scatter component (:func:`~sarcart.dose.commission.fit_lateral`)
+    on the 10 MV FFF profiles, every profile first centred on its 50 % points (AAPM TG-106, doi
+    10.1118/1.2969070); the measured 6 MV profiles are held out and only test the model.
     """
     return BeamModel(name="water 6X", energy_mv=6.0, filter="FF", sad_mm=1000.0, ref_depth_mm=15.0,
-                     commissioned_against="beam_6mv/10x10PDD.mcc (6 MV flattened, SSD 100 cm, depth dose only)",
+                     commissioned_against="beam_6mv/10x10PDD.mcc (depth) and 10 MV FFF profiles, centred (lateral)",
                      **WATER_6X_FIT).calibrated()
 
 
 def mrlinac_6fff() -> BeamModel:
     """MR-linac 6 MV FFF beam derived from :func:`water_6x` (NOT commissioned on MR-linac data).
 
-    Derivation: SAD 90 cm; attenuation increased so that PDD(10 cm, 10x10, SSD 100) is 2.9 points lower
-    than the flattened beam (TrueBeam 6X 66.3 % vs 6FFF 63.4 %, FACTS.md section 7); the off-axis cone
-    of a flattening-filter-free beam taken from the measured 10 MV FFF 30x30 profile (shape only; a
-    6 MV FFF cone is somewhat more peaked). Reference point: 1 MU = 1 cGy at d = 15 mm, 10x10 at the
-    isocentre (assumed, UNVERIFIED).
+    Derivation (:func:`sarcart.dose.commission.derive_fff`): SAD 90 cm; attenuation increased so that
+    PDD(10 cm, 10x10, SSD 100) is 2.9 points lower than the flattened beam (TrueBeam 6X 66.3 % vs 6FFF
+    63.4 %, FACTS.md section 7); the off-axis cone of a flattening-filter-free beam fitted with the
+    three-term kernel on the measured 10 MV FFF profiles (shape only; a 6 MV FFF cone is somewhat more
+    peaked). Reference point: 1 MU = 1 cGy at d = 15 mm, 10x10 at the isocentre (assumed, UNVERIFIED).
     """
     return BeamModel(name="MR-linac 6 MV FFF (derived)", energy_mv=6.0, filter="FFF", sad_mm=900.0,
                      ref_depth_mm=15.0, commissioned_against="derived from water 6X; no MR-linac measurement",
                      **MRL_6FFF_DERIVED).calibrated()
 
 
-def water_6x_tail() -> BeamModel:
-    """Water 6X with the intermediate penumbra-tail component (see :func:`sarcart.dose.commission.fit_tail`).
-
-    Same honest split as :func:`water_6x`: the tail share and width, the primary width and the FFF cone are
-    fitted on the 10 MV FFF profiles with the broad scatter component held at the two-term fit, the depth
-    parameters are then refitted on the 6 MV PDD; the 6 MV profiles stay held out. Every measured profile
-    is first centred on its 50 % points (``commission(..., centre_profiles=True)``, AAPM TG-106, doi
-    10.1118/1.2969070), unlike the two-term models, which stay the uncentred fit. Closed-form water dose
-    only: the dose engine implements the two-term kernel (:func:`water_6x`, :func:`mrlinac_6fff`).
-    """
-    return BeamModel(name="water 6X (three-term kernel)", energy_mv=6.0, filter="FF", sad_mm=1000.0, ref_depth_mm=15.0,
-                     commissioned_against="beam_6mv/10x10PDD.mcc (depth) and 10 MV FFF profiles (lateral)",
-                     **WATER_6X_TAIL_FIT).calibrated()
+def water_6x_two_term() -> BeamModel:
+    """The two-term water 6X (no tail), fitted on the profiles as measured: the engine's model before the
+    three-term kernel, kept for comparison (``commission(..., centre_profiles=False)["water_6x_two_term"]``)."""
+    return BeamModel(name="water 6X (two-term kernel)", energy_mv=6.0, filter="FF", sad_mm=1000.0, ref_depth_mm=15.0,
+                     commissioned_against="beam_6mv/10x10PDD.mcc (depth) and 10 MV FFF profiles as measured (lateral)",
+                     **WATER_6X_TWO_TERM_FIT).calibrated()
 
 
-#: result of ``commission()`` on beam_6mv (regenerate with ``python -m sarcart.dose.commission``)
-WATER_6X_FIT: dict[str, float] = {'buildup_c': 0.62986123, 'buildup_beta_per_mm': 0.23861231, 'mu_per_mm': 0.00116671, 'eta_per_mm2': -5.0823289e-06, 'sigma_p0_mm': 1.85912784, 'sigma_s0_mm': 36.4445537, 'ws_max': 0.36564299}
-#: water 6X with the FFF changes of ``derive_fff`` (same command)
-MRL_6FFF_DERIVED: dict[str, object] = {'buildup_c': 0.62986123, 'buildup_beta_per_mm': 0.23861231, 'mu_per_mm': 0.00168614, 'eta_per_mm2': -5.0823289e-06, 'sigma_p0_mm': 1.85912784, 'sigma_s0_mm': 36.4445537, 'ws_max': 0.36564299, 'oaf_coeffs': (-0.384236, 0.033137)}
-#: water 6X with the three-term kernel, profiles centred: ``commission(..., centre_profiles=True)["water_6x_tail"]``
-WATER_6X_TAIL_FIT: dict[str, float] = {'buildup_c': 0.62986479, 'buildup_beta_per_mm': 0.23861756, 'mu_per_mm': 0.001166591, 'eta_per_mm2': -5.0818484e-06, 'sigma_p0_mm': 0.76536836, 'sigma_s0_mm': 36.438781, 'ws_max': 0.36573773, 'tail_share': 0.33573213, 'sigma_tail_mm': 4.1609253}
+def mrlinac_6fff_two_term() -> BeamModel:
+    """:func:`mrlinac_6fff` derived from :func:`water_6x_two_term` (its own fitted cone); for comparison."""
+    return BeamModel(name="MR-linac 6 MV FFF (derived, two-term kernel)", energy_mv=6.0, filter="FFF", sad_mm=900.0,
+                     ref_depth_mm=15.0, commissioned_against="derived from water 6X (two-term); no MR-linac measurement",
+                     **MRL_6FFF_TWO_TERM).calibrated()
+
+
+#: ``commission()["water_6x"]`` on beam_6mv (profiles centred; regenerate with ``python -m sarcart.dose.commission``)
+WATER_6X_FIT: dict[str, Any] = {'buildup_c': 0.62986479, 'buildup_beta_per_mm': 0.23861756, 'mu_per_mm': 0.001166591, 'eta_per_mm2': -5.0818484e-06, 'sigma_p0_mm': 0.76536836, 'sigma_s0_mm': 36.438781, 'ws_max': 0.36573773, 'tail_share': 0.33573213, 'sigma_tail_mm': 4.1609253}
+#: water 6X with the FFF changes of ``derive_fff`` and the three-term cone (``commission()["mrl_6fff"]``)
+MRL_6FFF_DERIVED: dict[str, Any] = {'buildup_c': 0.62986479, 'buildup_beta_per_mm': 0.23861756, 'mu_per_mm': 0.0016860169, 'eta_per_mm2': -5.0818484e-06, 'sigma_p0_mm': 0.76536836, 'sigma_s0_mm': 36.438781, 'ws_max': 0.36573773, 'tail_share': 0.33573213, 'sigma_tail_mm': 4.1609253, 'oaf_coeffs': (-0.376880, 0.028922)}
+#: ``commission(..., centre_profiles=False)["water_6x_two_term"]`` (same command)
+WATER_6X_TWO_TERM_FIT: dict[str, Any] = {'buildup_c': 0.62986123, 'buildup_beta_per_mm': 0.23861231, 'mu_per_mm': 0.00116671, 'eta_per_mm2': -5.0823289e-06, 'sigma_p0_mm': 1.85912784, 'sigma_s0_mm': 36.4445537, 'ws_max': 0.36564299}
+#: ``commission(..., centre_profiles=False)["mrl_6fff_two_term"]`` (same command)
+MRL_6FFF_TWO_TERM: dict[str, Any] = {'buildup_c': 0.62986123, 'buildup_beta_per_mm': 0.23861231, 'mu_per_mm': 0.00168614, 'eta_per_mm2': -5.0823289e-06, 'sigma_p0_mm': 1.85912784, 'sigma_s0_mm': 36.4445537, 'ws_max': 0.36564299, 'oaf_coeffs': (-0.384236, 0.033137)}

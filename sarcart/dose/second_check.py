@@ -95,16 +95,20 @@ def check_dose(result, points_mm: np.ndarray, *, cell_mm: float = 1.0, step_mm: 
         oaf = 1.0 + sum(c * (t / 0.1) ** (k + 1) for k, c in enumerate(model.oaf_coeffs))
         depth_term = (1 - model.buildup_c * np.exp(-model.buildup_beta_per_mm * d)) * \
             np.exp(-model.mu_per_mm * d + model.eta_per_mm2 * d * d)
-        ws = model.ws_max * (1 - np.exp(-d / model.ws_len_mm))
-        sp, ss = model.sigma_p0_mm + model.sigma_p_slope * d, model.sigma_s0_mm + model.sigma_s_slope * d
+        ws, wt = model.ws_max * (1 - np.exp(-d / model.ws_len_mm)), model.tail_share
+        # (width, share) of the primary, scatter and (three-term models) intermediate tail Gaussians
+        terms = [(model.sigma_p0_mm + model.sigma_p_slope * d, 1 - ws - wt),
+                 (model.sigma_s0_mm + model.sigma_s_slope * d, ws)]
+        if wt > 0:
+            terms.append((np.full_like(d, model.sigma_tail_mm), np.full_like(d, wt)))
         h = cell_mm / 2
         for i in range(len(points_mm)):
-            kern = []
-            for sig in (sp[i], ss[i]):
+            lateral = 0.0
+            for sigma, share in terms:
+                sig = sigma[i]
                 ku = 0.5 * (erf((uc + h - u[i]) / (sig * math.sqrt(2))) - erf((uc - h - u[i]) / (sig * math.sqrt(2))))
                 kv = 0.5 * (erf((vc + h - v[i]) / (sig * math.sqrt(2))) - erf((vc - h - v[i]) / (sig * math.sqrt(2))))
-                kern.append(float(kv @ phi @ ku))
-            lateral = (1 - ws[i]) * kern[0] + ws[i] * kern[1]
+                lateral += share[i] * float(kv @ phi @ ku)
             total[i] += model.norm * (beam.sad_mm / z[i]) ** 2 * depth_term[i] * oaf[i] * lateral
     return total
 

@@ -97,7 +97,9 @@ def test_model_is_the_linear_interpolation_of_exact_doses_between_beamlet_edges(
     assert torch.allclose(model_dose, (1 - t) * d0 + t * d1, rtol=1e-6, atol=1e-9 * float(d0.max()))
     # the exact dose of the fractional position differs (the correction loop adds the difference)
     err = float((exact_dose(eng, [seg(moved)]) - model_dose).abs().max() / d0.max())
-    assert 1e-4 < err < 0.06  # 3.7 % of the maximum, at the leaf end
+    # 9.0 % of the maximum at the leaf end with the three-term kernel (primary width 0.77 mm at the surface);
+    # 3.7 % with the two-term kernel (1.86 mm): a narrower penumbra is less linear across a 4 mm beamlet
+    assert 1e-4 < err < 0.12
 
 
 def test_leaf_position_gradient_matches_finite_differences():

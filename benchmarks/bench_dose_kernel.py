@@ -116,15 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = [_measure("two-term (before)", mrlinac_6fff_two_term(), setup, args.repeats),
             _measure("three-term, tail as separable maps (engine)", mrlinac_6fff(), setup, args.repeats),
             _measure("three-term, tail in the CSR (estimate)", mrlinac_6fff(), setup, args.repeats, tail_in_csr=True)]
-    keys = list(rows[0])
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else (f"{v:,}".replace(",", " ") if isinstance(v, int) else str(v))
+    from bench_dose_reopt import print_table
+
     print(f"# sarcart dose kernel cost - {os.cpu_count()} CPU(s) visible, {args.threads} torch thread(s), "
           f"load avg at start {'/'.join(f'{x:.1f}' for x in load0)}, at end "
           f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}; median of {args.repeats}; {args.spacing:g} mm grid")
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for r in rows:
-        print("| " + " | ".join(fmt(r[k]) for k in keys) + " |")
+    print_table(rows, lambda v: f"{v:.3f}" if isinstance(v, float)
+                else (f"{v:,}".replace(",", " ") if isinstance(v, int) else str(v)))
     return 0
 
 

@@ -174,16 +174,20 @@ def _sequence(patient: Path, presc, model: BeamModel, threads: list[int], args) 
     return rows, rp
 
 
-def _print(rows: list[dict[str, object]], paint: dict[str, dict[str, float]], image, loads: tuple) -> None:
+def print_table(rows: list[dict[str, object]], fmt) -> None:
+    """Rows (dicts) as a Markdown table on stdout; columns in first-seen order, ``fmt`` formats each value."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)
-    print(f"# sarcart dose benchmark - {os.cpu_count()} CPU(s) visible, load avg (1/5/15 min) at start "
-          f"{'/'.join(f'{x:.1f}' for x in loads[0])}, at end {'/'.join(f'{x:.1f}' for x in loads[1])}; "
-          f"image {image.geometry.shape} at {image.geometry.spacing_mm} mm")
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for r in rows:
         print("| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |")
+
+
+def _print(rows: list[dict[str, object]], paint: dict[str, dict[str, float]], image, loads: tuple) -> None:
+    print(f"# sarcart dose benchmark - {os.cpu_count()} CPU(s) visible, load avg (1/5/15 min) at start "
+          f"{'/'.join(f'{x:.1f}' for x in loads[0])}, at end {'/'.join(f'{x:.1f}' for x in loads[1])}; "
+          f"image {image.geometry.shape} at {image.geometry.spacing_mm} mm")
+    print_table(rows, lambda v: f"{v:.1f}" if isinstance(v, float) else str(v))
     print("\npainting 60/48 Gy after sequencing (limits met: see the painted rows above), 2 mm shifts along +-x/y/z:")
     cols = ["voxels", "QF", "within5", "QF shift mean", "QF shift worst", "within5 shift mean", "within5 shift worst"]
     print("| region | " + " | ".join(cols) + " |")

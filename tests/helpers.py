@@ -25,3 +25,15 @@ def require_tool(name: str, package: str) -> str:
     if path is None:
         pytest.skip(f"{name} not found: install the Debian package {package} (make test does so as root)")
     return path
+
+
+def synth_patients(out: Path, *, patients: int = 1, seed: int = 0, fractions: int = 1,
+                   site: str = "retroperitoneum", spacing: str = "6,6,6") -> Path:
+    """Synthesise a small phantom cohort into ``out`` with ``sarcart synth`` (1 worker, no progress bar)."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "sarcart.cli", "synth", "--out", str(out), "--patients", str(patients),
+                    "--fractions", str(fractions), "--site", site, "--spacing", spacing, "--seed", str(seed),
+                    "--no-progress", "--workers", "1"], check=True, cwd=REPO, capture_output=True)
+    return out

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import require_tool
+from helpers import require_tool, synth_patients
 
 from sarcart.adapt.config import AdaptConfig, PaintingSettings, SegmentSettings
 from sarcart.adapt.course_init import (
@@ -32,16 +31,13 @@ from sarcart.adapt.segment import dice
 from sarcart.io.course import load_course, write_course
 from sarcart.io.nifti import read_mask, read_nifti
 
-REPO = Path(__file__).resolve().parents[2]
 STAGES = ("read_series", "segment", "targets", "painting", "predicted_plan", "decide", "outputs", "report")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapt")
-    subprocess.run([sys.executable, "-m", "sarcart.cli", "synth", "--out", str(root / "cohort"), "--patients", "1",
-                    "--fractions", "1", "--site", "retroperitoneum", "--spacing", "6,6,6", "--seed", "0",
-                    "--no-progress", "--workers", "1"], check=True, cwd=REPO, capture_output=True)
+    synth_patients(root / "cohort")
     course = load_course(next((root / "cohort").glob("*/course.yaml")).parent, strict=True)
     # synth --fractions 1 writes "48 Gy in 1 fraction"; the course is the trial's 48 Gy in 6 (fx01 only on disk)
     rx = course.config.prescription.model_copy(update={"fractions": 6})

@@ -8,12 +8,11 @@ the risk the painting stage returns against the model applied to independently c
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import synth_patients
 from sklearn.metrics import roc_auc_score
 
 from sarcart.adapt.config import PaintingSettings
@@ -31,16 +30,12 @@ from sarcart.io.labels import read_labels, structure_mask
 from sarcart.io.nifti import read_nifti
 from sarcart.radiomics.risk import GEOMETRY_FEATURES, predict_risk
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def fractions(tmp_path_factory) -> list[Path]:
     """Two retroperitoneal patients on the demo's 6 mm grid, seed 11 (not among the model's train/test seeds)."""
     root = tmp_path_factory.mktemp("risk")
-    subprocess.run([sys.executable, "-m", "sarcart.cli", "synth", "--out", str(root), "--patients", "2",
-                    "--fractions", "1", "--site", "retroperitoneum", "--spacing", "6,6,6", "--seed", "11",
-                    "--no-progress", "--workers", "1"], check=True, cwd=REPO, capture_output=True)
+    synth_patients(root, patients=2, seed=11)
     return sorted(root.glob("*/fx00"))
 
 

@@ -9,17 +9,13 @@ dciodvfy, and a patient without a course gets contours only.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import yaml
-
-from helpers import require_tool
-from sarcart.service.config import ServiceConfig
-from sarcart.service.server import Service
+from helpers import require_tool, synth_patients
 from svc_support import (
     free_port,
     make_series,
@@ -29,8 +25,10 @@ from svc_support import (
     wait_for,
 )
 
+from sarcart.service.config import ServiceConfig
+from sarcart.service.server import Service
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +38,7 @@ def course(tmp_path_factory):
     from sarcart.io.course import load_course
 
     root = tmp_path_factory.mktemp("courses")
-    subprocess.run([sys.executable, "-m", "sarcart.cli", "synth", "--out", str(root / "cohort"), "--patients", "1",
-                    "--fractions", "1", "--site", "retroperitoneum", "--spacing", "6,6,6", "--seed", "0",
-                    "--no-progress", "--workers", "1"], check=True, cwd=REPO, capture_output=True)
+    synth_patients(root / "cohort")
     c = load_course(next((root / "cohort").glob("*/course.yaml")).parent, strict=True)
     cfg = AdaptConfig(dose_grid_mm=6.0, n_beams=9, segment=SegmentSettings(model=None),
                       painting=PaintingSettings(habitats=2), mlflow=False, figures=False)

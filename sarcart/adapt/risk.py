@@ -30,39 +30,27 @@ import numpy as np
 from sarcart.adapt.config import PaintingSettings
 from sarcart.errors import ConfigError
 from sarcart.io.geometry import Volume
+from sarcart.radiomics.registry import WEIGHTS_DIR, resolve_model, shipped_risk_models  # noqa: F401 (WEIGHTS_DIR re-exported)
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
 #: name of the shipped adapt-stage risk model (``sarcart/models/weights/adapt-risk.skops``)
 SHIPPED_RISK = "adapt-risk"
 
 
-def shipped_risk_models() -> dict[str, Path]:
-    """Name -> file of every risk model shipped in the package."""
-    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.skops"))}
-
-
 @functools.lru_cache(maxsize=4)
 def load_risk_model(name_or_uri: str, store: str | None = None) -> Any:
-    """A risk model by shipped name (``adapt-risk``), ``.skops`` path, MLflow URI or registered name.
-
-    Cached for the life of the process (the service runs many fractions).
+    """A risk model by shipped name (``adapt-risk``), ``.skops`` path, MLflow URI or registered name
+    (:func:`sarcart.radiomics.registry.resolve_model`), cached for the life of the process (the service
+    runs many fractions).
 
     Raises:
         ConfigError: nothing found under that name (the message lists the shipped names).
     """
-    from sarcart.radiomics.registry import resolve_model
-
-    shipped = shipped_risk_models()
-    if name_or_uri in shipped:
-        from sarcart.radiomics.risk import load_model
-
-        return load_model(shipped[name_or_uri])
     try:
         return resolve_model(name_or_uri, store=store)
     except ConfigError as exc:
-        raise ConfigError(f"risk model {name_or_uri!r}: {exc}; shipped models: {sorted(shipped) or 'none'}; "
+        raise ConfigError(f"risk model {name_or_uri!r}: {exc}; shipped models: {sorted(shipped_risk_models()) or 'none'}; "
                           "set painting.risk_model to one of them, a .skops file, or null (darkest habitat)") from exc
 
 

@@ -71,13 +71,25 @@ def _trusted(model: Any) -> list[str]:
         return list(sio.get_untrusted_types(file=path))
 
 
+#: risk models shipped in the package: ``sarcart/models/weights/<name>.skops`` (+ ``<name>.json``)
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
+
+
+def shipped_risk_models() -> dict[str, Path]:
+    """Name -> file of every risk model shipped in the package (e.g. ``adapt-risk``)."""
+    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.skops"))}
+
+
 def resolve_model(name_or_uri: str, *, store: str | os.PathLike[str] | None = None) -> Any:
-    """Load a risk model from a ``.skops`` file, an MLflow URI (``models:/...``, ``runs:/...``) or a
-    registered model name (its latest version).
+    """Load a risk model from a shipped name (``adapt-risk``), a ``.skops`` file, an MLflow URI
+    (``models:/...``, ``runs:/...``) or a registered model name (its latest version).
 
     Raises:
         ConfigError: nothing found under that name.
     """
+    shipped = shipped_risk_models()
+    if name_or_uri in shipped:
+        return load_model(shipped[name_or_uri])
     path = Path(name_or_uri)
     if path.suffix == ".skops" or path.is_file():
         return load_model(path)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 _MODEL_HELP = "shipped model name (gtv-t1, trufi), bundle path, or MLflow URI (models:/sarcart-trufi@champion)"
+_STORE_HELP = "MLflow store that a models:/ or runs:/ --model is fetched from (folder or URI; default MLFLOW_TRACKING_URI or mlruns/)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--tta", action="store_true", help="test-time augmentation (mirroring along allowed axes)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     s.add_argument("--no-postprocess", action="store_true", help="raw network output (no anatomy rules)")
+    s.add_argument("--store", help=_STORE_HELP)
     s.set_defaults(func=_segment)
 
     e = sub.add_parser("evaluate", help="score a model on a datalist: metrics.csv, summary.json, boxplot.png")
@@ -32,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     e.add_argument("--device", help="cpu, cuda ... (default: CUDA when available)")
     e.add_argument("--ring-mm", type=float, default=30.0, help="width of the OAR ring around the PTV (mm)")
     e.add_argument("--ptv-margin-mm", type=float, default=3.0, help="GTV->PTV margin when no PTV is labelled")
+    e.add_argument("--store", help=_STORE_HELP)
     e.set_defaults(func=_evaluate)
 
 
@@ -62,7 +65,7 @@ def _segment(args: argparse.Namespace) -> int:
     log = logging.getLogger("sarcart.segment")
     image, series = _read_input(args.image, args.series_uid)
     cfg = PredictorConfig(tta=args.tta, device=args.device, postprocess=not args.no_postprocess)
-    pred = Predictor(args.model, config=cfg)
+    pred = Predictor(args.model, config=cfg, store=args.store)
     seg = pred(image)
     out: Path = args.out
     write_labels(seg.labels, seg.spec, out / "labels.nii.gz")
@@ -130,7 +133,7 @@ def _score(args: argparse.Namespace) -> tuple:  # type: ignore[type-arg]
     data = load_datalist(args.data)
     entries = data["training"] if args.fold is None else [e for e in data["training"] if str(e.get("fold")) == args.fold]
     pred = Predictor(args.model, config=PredictorConfig(tta=args.tta, device=args.device,
-                                                        postprocess=not args.no_postprocess))
+                                                        postprocess=not args.no_postprocess), store=args.store)
     structures = [s for s in pred.structures if s in data["structures"]]
     table = evaluate_cases(pred.masks, entries, structures, case_key=hash_id, ring_mm=args.ring_mm,
                            ptv_margin_mm=args.ptv_margin_mm)

@@ -183,16 +183,17 @@ class Predictor:
         >>> seg.volumes_cc()                                  # doctest: +SKIP
     """
 
-    def __init__(self, model: str | os.PathLike[str], *, config: PredictorConfig | None = None) -> None:
+    def __init__(self, model: str | os.PathLike[str], *, config: PredictorConfig | None = None,
+                 store: str | os.PathLike[str] | None = None) -> None:
         self.config = config or PredictorConfig()
         self.source = str(model)
-        self.bundle_path: Path = resolve_model(model)
+        self.bundle_path: Path = resolve_model(model, store=store)
         self.bundle = load_bundle(self.bundle_path)
         if str(model).startswith("models:/"):
             from sarcart import tracking
 
             self.bundle.meta["registry_uri"] = str(model)
-            self.bundle.meta["version"] = tracking.registry_version(str(model)) or self.bundle.version
+            self.bundle.meta["version"] = tracking.registry_version(str(model), store=store) or self.bundle.version
         self.device = _device(self.config)
         self.network = self.bundle.network(self.device)
         log.info("loaded %s (%s) on %s", self.bundle.name, self.bundle_path, self.device)

@@ -116,7 +116,7 @@ def _cache_dir() -> Path:
     return Path(base) / "sarcart" / "models"
 
 
-def _from_uri(uri: str, cache: Path | None) -> Path:
+def _from_uri(uri: str, cache: Path | None, store: str | os.PathLike[str] | None = None) -> Path:
     import hashlib
 
     import mlflow
@@ -124,8 +124,8 @@ def _from_uri(uri: str, cache: Path | None) -> Path:
 
     from sarcart import tracking
 
-    tracking.configure()
-    dst = (cache or _cache_dir()) / hashlib.sha256(f"{tracking.tracking_uri()}|{uri}".encode()).hexdigest()[:16]
+    store_uri = tracking.configure(store)
+    dst = (cache or _cache_dir()) / hashlib.sha256(f"{store_uri}|{uri}".encode()).hexdigest()[:16]
     if uri.startswith("models:/") and "@" in uri:
         # aliases move: never trust a cached copy of an alias
         import shutil
@@ -135,31 +135,34 @@ def _from_uri(uri: str, cache: Path | None) -> Path:
     if not found:
         dst.mkdir(parents=True, exist_ok=True)
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=store_uri,
+                                                        registry_uri=store_uri)
         except (MlflowException, OSError) as exc:
-            raise ConfigError(f"cannot fetch model {uri!r} from {tracking.tracking_uri()}: {exc}") from exc
+            raise ConfigError(f"cannot fetch model {uri!r} from {store_uri}: {exc}") from exc
         found = sorted(Path(local).rglob(BUNDLE_FILENAME))
     if not found:
         raise ConfigError(f"MLflow model {uri!r} holds no {BUNDLE_FILENAME}; was it logged by `sarcart train`?")
     return found[0]
 
 
-def resolve_model(ref: str | os.PathLike[str], *, cache: Path | None = None) -> Path:
+def resolve_model(ref: str | os.PathLike[str], *, cache: Path | None = None,
+                  store: str | os.PathLike[str] | None = None) -> Path:
     """The bundle file that ``ref`` names.
 
     Args:
         ref: a shipped model name (see :func:`shipped_models`), a bundle file, a folder holding
             ``bundle.pt`` (an MLflow model folder too), or an MLflow URI (``models:/NAME@ALIAS``,
             ``models:/NAME/VERSION``, ``runs:/RUN/model``), fetched from the tracking store
-            (``MLFLOW_TRACKING_URI`` or ``mlruns/``).
+            (``store``, else ``MLFLOW_TRACKING_URI`` or ``mlruns/``).
         cache: download folder for URIs (default ``~/.cache/sarcart/models``).
+        store: MLflow store (folder or URI) that URIs are fetched from.
 
     Raises:
         ConfigError: nothing matches ``ref``.
     """
     s = str(ref)
     if s.startswith(_URI_SCHEMES):
-        return _from_uri(s, cache)
+        return _from_uri(s, cache, store)
     shipped = shipped_models()
     if s in shipped:
         return shipped[s]

@@ -318,21 +318,8 @@ def _device(device: str | None) -> str:
 
 
 def _population(model: str | os.PathLike[str], store: Any) -> ModelBundle:
-    """Load the population bundle; an MLflow URI is fetched from ``store`` (``resolve_model`` reads the default)."""
-    s = str(model)
-    if store is None or not s.startswith(("models:/", "runs:/")):
-        return load_bundle(resolve_model(model))
-    import tempfile
-
-    import mlflow
-
-    uri = tracking.configure(store)
-    with tempfile.TemporaryDirectory(prefix="sarcart-population-") as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=s, dst_path=tmp, tracking_uri=uri, registry_uri=uri)
-        found = sorted(Path(local).rglob("bundle.pt"))
-        if not found:
-            raise ConfigError(f"MLflow model {s!r} in {uri} holds no bundle.pt; was it logged by sarcart?")
-        return load_bundle(found[0])
+    """Load the population bundle; an MLflow URI is fetched from ``store``."""
+    return load_bundle(resolve_model(model, store=store))
 
 
 def _prepare(patient_dir: Path, plan: Plan, out: Path, *, fractions: list[int] | None,

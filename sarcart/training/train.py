@@ -239,7 +239,8 @@ def _log_run(config: TrainConfig, result: TrainResult, *, val_e: list[dict], sto
     result.champion = tracking.promote_if_better(
         config.registered_name, result.model_version, score=result.val_score,
         cases=tracking.cases_key([tracking.hash_id(e["case"]) for e in val_e]),
-        evaluate=(lambda uri: mean_dice(_validate(resolve_model(uri), val_e, structures, show_progress=False)))
+        evaluate=(lambda uri: mean_dice(_validate(resolve_model(uri, store=store), val_e, structures,
+                                                  show_progress=False)))
         if val_e else None,
         store=store,
     )

@@ -184,6 +184,30 @@ def test_evaluate_cli_matches_a_direct_computation(setup, tmp_path):
     assert (out / "boxplot.png").is_file()
 
 
+def test_a_registry_uri_is_fetched_from_the_store_named_by_store_not_the_default(setup, monkeypatch, tmp_path):
+    """--store wins over MLFLOW_TRACKING_URI: the same scores as the run's own bundle file."""
+    import pandas as pd
+    import torch
+
+    from sarcart.models.bundle import load_bundle, resolve_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.tracking_uri(tmp_path / "empty-store"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fetched = load_bundle(resolve_model("models:/sarcart-tiny/1", store=setup["store"]))
+    local = load_bundle(setup["run_dir"] / "bundle.pt")
+    assert all(torch.equal(fetched.state_dict[k], local.state_dict[k]) for k in local.state_dict)
+    with pytest.raises(Exception, match="sarcart-tiny"):  # the default store has no such model
+        resolve_model("models:/sarcart-tiny/1")
+    outs = {}
+    for name, extra in (("uri", ["--model", "models:/sarcart-tiny/1", "--store", str(setup["store"])]),
+                        ("file", ["--model", str(setup["run_dir"] / "bundle.pt")])):
+        outs[name] = tmp_path / name
+        assert main(["evaluate", *extra, "--data", str(setup["datalist"]), "--fold", "0",
+                     "--out", str(outs[name])]) == 0
+    a, b = (pd.read_csv(outs[n] / "metrics.csv") for n in ("uri", "file"))
+    assert a.dice.tolist() == pytest.approx(b.dice.tolist(), abs=1e-6)
+
+
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_shards_the_cache(setup, tmp_path):
     """Lightning DDP (gloo) through the real CLI: each rank caches only its share of the cases."""

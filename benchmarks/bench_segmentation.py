@@ -24,7 +24,7 @@ import torch
 
 from sarcart.models.bundle import ModelBundle, load_bundle, shipped_models
 from sarcart.models.networks import build_network
-from sarcart.models.plan import Budget, Fingerprint, Plan
+from sarcart.models.plan import Budget, Fingerprint, Plan, cost_gflop
 from sarcart.models.planner import make_plan
 
 
@@ -161,15 +161,20 @@ def main() -> None:
     name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else f"CPU, {args.threads} threads"
     print(f"device: {name}; load average before: {os.getloadavg()[0]:.1f}; repeats: {args.repeats} (median)\n")
     print("| plan | patch (voxels @ mm) | network only (patches/s) | full step with data + augmentation (patches/s) |"
-          " plan's estimate (patches/s) |")
-    print("|---|---|---|---|---|")
+          " plan's estimate (patches/s) | implied `throughput_gflops` (full step) |")
+    print("|---|---|---|---|---|---|")
     for task in ("gtv-t1", "trufi"):
         plan = _plan(task)
         net_ps = bench_network_step(plan, dev, repeats=args.repeats)
         full_ps = bench_training_step(plan, dev, repeats=args.repeats, workdir=f"{args.workdir}/{task}")
         est = plan.schedule.batch_size / plan.schedule.est_seconds_per_iteration
+        # the planner's cost model (GFLOP per patch, forward + backward) times the measured rate: the value
+        # of Budget.throughput_gflops that would have predicted this machine exactly
+        gflop = cost_gflop(plan.patch_size, plan.network.kernel_size, plan.network.strides,
+                           filters=plan.network.filters)
         sp = "x".join(f"{s:.2f}" for s in plan.target_spacing_mm)
-        print(f"| {task} | {'x'.join(map(str, plan.patch_size))} @ {sp} | {net_ps:.2f} | {full_ps:.2f} | {est:.2f} |")
+        print(f"| {task} | {'x'.join(map(str, plan.patch_size))} @ {sp} | {net_ps:.2f} | {full_ps:.2f} | {est:.2f} "
+              f"| {gflop * full_ps:.0f} |")
     print("\nInference, 267x267x144 volume at 1.5x1.5x3 mm (seconds, median):\n")
     print("| plan | TTA passes (runs) | prepare | sliding window | to input grid | post-process | total |")
     print("|---|---|---|---|---|---|---|")

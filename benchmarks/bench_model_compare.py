@@ -1,0 +1,179 @@
+"""Two (or more) segmentation models on the same images, scored as `sarcart evaluate` scores them, paired.
+
+    python benchmarks/bench_model_compare.py \
+        --model v1=trufi --model v2=mlruns/train/trufi/all/bundle.pt \
+        --data mlruns/datasets/trufi_test --out /work/runs/trufi-compare [--threads 2] [--fractions fx00,fx01]
+
+``--data`` is a datalist or a folder of sub-cohort folders that each hold one (the frozen ``trufi`` test
+cohort: ``snr06 snr10 snr20 snr40 band20``). Every image is segmented at its own resolution by the deployed
+predictor (post-processing on, TTA as the plan allows) and scored by
+:func:`sarcart.training.evaluation.evaluate_cases` — MONAI Dice, HD95, mean surface distance, surface Dice at
+2 mm, organs at risk also inside the 3 cm ring around PTV = GTV + 3 mm. Rows go to ``OUT/rows.csv`` after
+every image, so an interrupted run resumes where it stopped.
+
+Output: per model ``OUT/<name>/`` (``metrics.csv``, ``summary.json``, ``boxplot.png``, as ``sarcart
+evaluate`` writes them); ``OUT/compare.md`` with, per structure and region, each model's mean Dice and HD95
+and the paired difference against the first model (mean over images with a 2000-resample percentile
+bootstrap 95 % interval: the same images, so the difference is not confounded by which images were drawn),
+and per sub-cohort mean Dice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = ("case", "structure", "region")
+
+
+def datalists(data: Path) -> list[tuple[str, Path]]:
+    """``(sub-cohort name, datalist)`` pairs for a datalist file or a folder of sub-cohort folders."""
+    if data.is_file():
+        return [(data.parent.name, data)]
+    found = sorted((p.parent.name, p) for p in data.glob("*/datalist.json"))
+    if not found and (data / "datalist.json").is_file():
+        found = [(data.name, data / "datalist.json")]
+    if not found:
+        raise SystemExit(f"--data {data}: no datalist.json in it or in its sub-folders; pass a datalist or "
+                         "a folder of sub-cohorts built by 'sarcart dataset build'")
+    return found
+
+
+def entries_of(path: Path, fractions: set[str] | None) -> tuple[list[dict], list[str]]:
+    from sarcart.training.dataset import load_datalist
+
+    data = load_datalist(path)
+    ents = [e for e in data["training"] if not fractions or any(e["case"].endswith(f) for f in fractions)]
+    return ents, list(data["structures"])
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """Mean of ``b - a`` over the images both scored, with a percentile-bootstrap 95 % interval."""
+    from sarcart.training.metrics import bootstrap_ci
+
+    d = np.asarray(b, float) - np.asarray(a, float)
+    d = d[np.isfinite(d)]
+    if not d.size:
+        return float("nan"), float("nan"), float("nan")
+    lo, hi = bootstrap_ci(d, np.mean)
+    return float(d.mean()), lo, hi
+
+
+def compare_table(rows: pd.DataFrame, names: list[str]) -> str:
+    """Markdown: per structure/region the models' means and the paired difference against the first."""
+    from sarcart.training.metrics import bootstrap_ci
+
+    ref = names[0]
+    out = ["| structure | region | n | " + " | ".join(f"{n} Dice" for n in names) + " | "
+           + " | ".join(f"{n} − {ref} Dice [95 % CI]" for n in names[1:]) + " | "
+           + " | ".join(f"{n} HD95 mm" for n in names) + " | "
+           + " | ".join(f"{n} − {ref} HD95 [95 % CI]" for n in names[1:]) + " |"]
+    out.append("|" + "---|" * (3 + 2 * len(names) + 2 * (len(names) - 1)))
+    for (s, reg), g in rows.groupby(["structure", "region"], sort=True):
+        wide = {m: g[g.model == m].set_index(["sub", "case"]) for m in names}
+        common = sorted(set.intersection(*(set(w.index) for w in wide.values())))
+        if not common:
+            continue
+        dice = {m: wide[m].loc[common, "dice"].to_numpy(float) for m in names}
+        hd = {m: wide[m].loc[common, "hd95_mm"].to_numpy(float) for m in names}
+
+        def fmt(v: np.ndarray, nd: int) -> str:
+            lo, hi = bootstrap_ci(v)
+            return f"{np.nanmean(v):.{nd}f} [{lo:.{nd}f}, {hi:.{nd}f}]"
+
+        def dfmt(a: np.ndarray, b: np.ndarray, nd: int) -> str:
+            m, lo, hi = paired(a, b)
+            return f"{m:+.{nd}f} [{lo:+.{nd}f}, {hi:+.{nd}f}]"
+
+        out.append(f"| {s} | {reg} | {len(common)} | " + " | ".join(fmt(dice[m], 3) for m in names) + " | "
+                   + " | ".join(dfmt(dice[ref], dice[m], 3) for m in names[1:]) + " | "
+                   + " | ".join(fmt(hd[m], 1) for m in names) + " | "
+                   + " | ".join(dfmt(hd[ref], hd[m], 1) for m in names[1:]) + " |")
+    return "\n".join(out)
+
+
+def per_sub_table(rows: pd.DataFrame, names: list[str]) -> str:
+    allr = rows[rows.region == "all"]
+    structures = sorted(allr.structure.unique())
+    out = ["| sub-cohort | model | n images | " + " | ".join(structures) + " |",
+           "|" + "---|" * (3 + len(structures))]
+    for sub in sorted(allr["sub"].unique()):
+        for m in names:
+            g = allr[(allr["sub"] == sub) & (allr.model == m)]
+            vals = [f"{g[g.structure == s].dice.mean():.3f}" for s in structures]
+            out.append(f"| {sub} | {m} | {g.case.nunique()} | " + " | ".join(vals) + " |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", required=True,
+                    help="NAME=MODEL (shipped name, bundle path or models:/ URI); repeatable, the first is the reference")
+    ap.add_argument("--data", type=Path, default=ROOT / "mlruns/datasets/trufi_test")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--fractions", help="only cases ending in one of these (comma-separated, e.g. fx01)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tta", action="store_true", help="mirroring TTA where the plan allows it")
+    args = ap.parse_args()
+
+    import torch
+
+    from sarcart.inference.predictor import Predictor, PredictorConfig
+    from sarcart.training.evaluation import evaluate_cases, write_report
+
+    torch.set_num_threads(args.threads)
+    models = []
+    for spec in args.model:
+        if "=" not in spec:
+            raise SystemExit(f"--model {spec!r}: write NAME=MODEL, e.g. v1=trufi")
+        name, src = spec.split("=", 1)
+        models.append((name, src))
+    names = [n for n, _ in models]
+    fractions = set(args.fractions.split(",")) if args.fractions else None
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows_path = args.out / "rows.csv"
+    done: set[tuple[str, str, str]] = set()
+    if rows_path.exists():
+        prev = pd.read_csv(rows_path)
+        done = set(zip(prev.model, prev["sub"], prev.case))
+    print(f"load average before: {os.getloadavg()[0]:.1f}; {len(done)} (model, image) pairs already scored")
+    for name, src in models:
+        pred = Predictor(src, config=PredictorConfig(tta=args.tta))
+        for sub, dl in datalists(args.data):
+            ents, data_structures = entries_of(dl, fractions)
+            structures = [s for s in pred.structures if s in data_structures]
+            for e in ents:  # load_datalist made the paths absolute
+                if (name, sub, e["case"]) in done:
+                    continue
+                t0 = time.perf_counter()
+                table = evaluate_cases(pred.masks, [e], structures, show_progress=False)
+                table.insert(0, "sub", sub)
+                table.insert(0, "model", name)
+                table["seconds"] = round(time.perf_counter() - t0, 1)
+                new = not rows_path.exists()
+                table.to_csv(rows_path, mode="a", header=new, index=False, quoting=csv.QUOTE_MINIMAL)
+                g = table[table.region == "all"]
+                print(f"{name} {sub} {e['case']}: " + ", ".join(f"{r.structure} {r.dice:.3f}" for r in g.itertuples())
+                      + f" ({table['seconds'].iloc[0]:.0f} s)", flush=True)
+    rows = pd.read_csv(rows_path)
+    rows = rows[rows.model.isin(names)]
+    for name, src in models:
+        sel = rows[rows.model == name].drop(columns=["model", "seconds"])
+        sel = sel.assign(case=sel["sub"] + "/" + sel["case"]).drop(columns=["sub"])
+        write_report(sel, args.out / name, meta={"model": src, "data": str(args.data), "fractions": args.fractions})
+    text = ("## Paired comparison (difference against " + names[0] + ")\n\n" + compare_table(rows, names)
+            + "\n\n## Mean Dice per sub-cohort\n\n" + per_sub_table(rows, names) + "\n")
+    (args.out / "compare.md").write_text(text)
+    print(text)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

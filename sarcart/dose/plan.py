@@ -235,7 +235,8 @@ def _plan(image: Volume, masks: dict[str, Volume], p: PlanPrescription, *, paint
     t["final_dose"] = time.perf_counter()
     timings = {k: t[k] - t[prev] for prev, k in zip(list(t)[:-1], list(t)[1:])}
     info.update(n_bixels=float(full.n_bixels), n_points_opt=float(sub.n_points), n_points_body=float(full.n_points),
-                nnz=float(infl.nnz), nnz_scatter=float(infl.scatter.nnz), iterations=float(res.n_iter),
+                nnz=float(infl.nnz), nnz_scatter=float(infl.scatter.nnz),
+                nnz_tail=float(infl.tail.nnz) if infl.tail is not None else 0.0, iterations=float(res.n_iter),
                 evaluations=float(res.n_eval), threads=float(torch.get_num_threads()))
     cw = {_constraint_key(c): (r, sc) for c, r, sc in zip(problem.constraints, problem.rho, problem.scale)}
     return PlanResult(Volume(arr, geom), dmasks, beams, grids, res.x.cpu().numpy(), segments, p, machine, model,

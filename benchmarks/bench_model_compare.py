@@ -83,6 +83,13 @@ def compare_table(rows: pd.DataFrame, names: list[str]) -> str:
             continue
         dice = {m: wide[m].loc[common, "dice"].to_numpy(float) for m in names}
         hd = {m: wide[m].loc[common, "hd95_mm"].to_numpy(float) for m in names}
+        # images where the structure was scored by every model (ring rows are empty where the organ
+        # stays farther than the ring from the PTV)
+        both = np.logical_and.reduce([np.isfinite(dice[m]) for m in names])
+        if not both.any():
+            continue
+        dice = {m: v[both] for m, v in dice.items()}
+        hd = {m: v[both] for m, v in hd.items()}
 
         def fmt(v: np.ndarray, nd: int) -> str:
             lo, hi = bootstrap_ci(v)
@@ -92,11 +99,11 @@ def compare_table(rows: pd.DataFrame, names: list[str]) -> str:
             m, lo, hi = paired(a, b)
             return f"{m:+.{nd}f} [{lo:+.{nd}f}, {hi:+.{nd}f}]"
 
-        out.append(f"| {s} | {reg} | {len(common)} | " + " | ".join(fmt(dice[m], 3) for m in names) + " | "
+        out.append(f"| {s} | {reg} | {int(both.sum())} | " + " | ".join(fmt(dice[m], 3) for m in names) + " | "
                    + " | ".join(dfmt(dice[ref], dice[m], 3) for m in names[1:]) + " | "
                    + " | ".join(fmt(hd[m], 1) for m in names) + " | "
                    + " | ".join(dfmt(hd[ref], hd[m], 1) for m in names[1:]) + " |")
-    return "\n".join(out)
+    return "\n".join(line.replace(" |  |", " |") for line in out)  # one model: no difference columns
 
 
 def per_sub_table(rows: pd.DataFrame, names: list[str]) -> str:

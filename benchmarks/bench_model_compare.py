@@ -15,7 +15,8 @@ Output: per model ``OUT/<name>/`` (``metrics.csv``, ``summary.json``, ``boxplot.
 evaluate`` writes them); ``OUT/compare.md`` with, per structure and region, each model's mean Dice and HD95
 and the paired difference against the first model (mean over images with a 2000-resample percentile
 bootstrap 95 % interval: the same images, so the difference is not confounded by which images were drawn),
-and per sub-cohort mean Dice.
+per sub-cohort mean Dice, and Dice against the structure's contrast-to-noise (Spearman ρ, tercile means;
+``OUT/dice_vs_cnr.png``).
 """
 
 from __future__ import annotations
@@ -119,6 +120,52 @@ def per_sub_table(rows: pd.DataFrame, names: list[str]) -> str:
     return "\n".join(out)
 
 
+def cnr_table(rows: pd.DataFrame, names: list[str]) -> str:
+    """Markdown: per model and structure, Spearman rho of Dice against contrast-to-noise and tercile means."""
+    from scipy.stats import spearmanr
+
+    allr = rows[(rows.region == "all") & np.isfinite(rows.cnr)]
+    out = ["| structure | model | CNR range | Spearman ρ | low tercile | middle | high |", "|---|---|---|---|---|---|---|"]
+    for s in sorted(allr.structure.unique()):
+        for m in names:
+            g = allr[(allr.structure == s) & (allr.model == m)].sort_values("cnr")
+            if len(g) < 3:
+                continue
+            rho = spearmanr(g.cnr, g.dice).statistic
+            cells = []
+            for t in np.array_split(np.arange(len(g)), 3):
+                part = g.iloc[t]
+                cells.append(f"{part.dice.mean():.3f} (CNR {part.cnr.min():.1f}–{part.cnr.max():.1f})")
+            out.append(f"| {s} | {m} | {g.cnr.min():.1f}–{g.cnr.max():.1f} | {rho:+.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def cnr_figure(rows: pd.DataFrame, names: list[str], path: Path) -> Path:
+    """Dice against contrast-to-noise, one panel per structure, one colour per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    allr = rows[rows.region == "all"]
+    structures = sorted(allr.structure.unique())
+    fig, axes = plt.subplots(1, len(structures), figsize=(3.4 * len(structures), 3.2), squeeze=False)
+    for ax, s in zip(axes[0], structures):
+        for m in names:
+            g = allr[(allr.structure == s) & (allr.model == m)]
+            ax.scatter(g.cnr, g.dice, s=18, label=m, alpha=0.8)
+        ax.set_title(s)
+        ax.set_xlabel("contrast-to-noise")
+        ax.set_ylim(-0.02, 1.0)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("Dice")
+    axes[0][-1].legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", required=True,
@@ -176,7 +223,10 @@ def main() -> None:
         sel = sel.assign(case=sel["sub"] + "/" + sel["case"]).drop(columns=["sub"])
         write_report(sel, args.out / name, meta={"model": src, "data": str(args.data), "fractions": args.fractions})
     text = ("## Paired comparison (difference against " + names[0] + ")\n\n" + compare_table(rows, names)
-            + "\n\n## Mean Dice per sub-cohort\n\n" + per_sub_table(rows, names) + "\n")
+            + "\n\n## Mean Dice per sub-cohort\n\n" + per_sub_table(rows, names)
+            + "\n\n## Dice against contrast-to-noise (`cnr` column; figure dice_vs_cnr.png)\n\n"
+            + cnr_table(rows, names) + "\n")
+    cnr_figure(rows, names, args.out / "dice_vs_cnr.png")
     (args.out / "compare.md").write_text(text)
     print(text)
     print(f"load average after: {os.getloadavg()[0]:.1f}")

@@ -28,12 +28,20 @@ def require_tool(name: str, package: str) -> str:
 
 
 def synth_patients(out: Path, *, patients: int = 1, seed: int = 0, fractions: int = 1,
-                   site: str = "retroperitoneum", spacing: str = "6,6,6") -> Path:
-    """Synthesise a small phantom cohort into ``out`` with ``sarcart synth`` (1 worker, no progress bar)."""
+                   site: str = "retroperitoneum", spacing: str | None = "6,6,6", spec: Path | None = None) -> Path:
+    """Synthesise a small phantom cohort into ``out`` with ``sarcart synth`` (1 worker, no progress bar).
+
+    With ``spec`` (a cohort YAML) the spec's own seed, site and spacing are kept: only the patient and
+    fraction counts are passed.
+    """
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-m", "sarcart.cli", "synth", "--out", str(out), "--patients", str(patients),
-                    "--fractions", str(fractions), "--site", site, "--spacing", spacing, "--seed", str(seed),
-                    "--no-progress", "--workers", "1"], check=True, cwd=REPO, capture_output=True)
+    cmd = [sys.executable, "-m", "sarcart.cli", "synth", "--out", str(out), "--patients", str(patients),
+           "--fractions", str(fractions), "--no-progress", "--workers", "1"]
+    if spec is not None:
+        cmd += ["--spec", str(spec)]
+    else:
+        cmd += ["--site", site, "--seed", str(seed)] + (["--spacing", spacing] if spacing else [])
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
     return out

@@ -221,7 +221,8 @@ def main() -> None:
     for name, src in models:
         sel = rows[rows.model == name].drop(columns=["model", "seconds"])
         sel = sel.assign(case=sel["sub"] + "/" + sel["case"]).drop(columns=["sub"])
-        write_report(sel, args.out / name, meta={"model": src, "data": str(args.data), "fractions": args.fractions})
+        write_report(sel, args.out / name, meta={"model": f"{name} ({Path(src).name})", "source": src,
+                                                 "data": str(args.data), "fractions": args.fractions})
     text = ("## Paired comparison (difference against " + names[0] + ")\n\n" + compare_table(rows, names)
             + "\n\n## Mean Dice per sub-cohort\n\n" + per_sub_table(rows, names)
             + "\n\n## Dice against contrast-to-noise (`cnr` column; figure dice_vs_cnr.png)\n\n"

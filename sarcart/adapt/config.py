@@ -32,9 +32,10 @@ class SegmentSettings(_Frozen):
                               "propagation only")
     network_structures: tuple[str, ...] = Field(("KIDNEY_L", "KIDNEY_R"),
                                                 description="structures taken from the network when it has them; the "
-                                                "others are propagated from the reference. Default: the kidneys only, "
-                                                "because propagation beats the shipped trufi network on GTV and BOWEL "
-                                                "(paired Dice and HD95 CIs exclude 0, docs/qa.md) and ties on kidneys")
+                                                "others are propagated from the reference. Default: the kidneys only: "
+                                                "propagation beats the shipped trufi network on the GTV (docs/qa.md), "
+                                                "and network BOWEL lost to propagation on the 6 mm demo course "
+                                                "(docs/adapt.md) although it wins at the network's own resolution")
     body_from_image: bool = Field(True, description="BODY by an intensity rule (largest bright component, filled) "
                                   "instead of propagation")
     flagged_fallback: bool = Field(True, description="replace a network structure that QA flags by propagation")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -50,15 +49,6 @@ def _phantom(spacing: float = 3.0) -> tuple[Volume, Volume, np.ndarray]:
     target = (w[..., 0] ** 2 + w[..., 1] ** 2 + w[..., 2] ** 2) <= 27.0 ** 2
     box = np.all(np.abs(w) <= 27.0 + 100.0, axis=-1)
     return Volume(body.astype(np.float32), g), Volume(target, g), np.flatnonzero(body & box)
-
-
-def _median_s(fn, repeats: int) -> float:
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
 
 
 def _forward_backward(dose_fn, n: int) -> None:
@@ -87,10 +77,12 @@ def _measure(name: str, model: BeamModel, setup: tuple, repeats: int, *, tail_in
         dose_fn = infl.dose
         nnz = (infl.nnz, infl.scatter.nnz, infl.tail.nnz if infl.tail is not None else 0)
     build = time.perf_counter() - t
-    fb = _median_s(lambda: _forward_backward(dose_fn, eng.n_bixels), repeats)
+    from bench_segmentation import median_time  # the benchmarks' shared timer (script folder on sys.path)
+
+    fb = median_time(lambda: _forward_backward(dose_fn, eng.n_bixels), repeats, warmup=False)
     w = torch.rand(eng.n_bixels, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        mf = _median_s(lambda: eng.dose(w), max(1, repeats // 2))
+        mf = median_time(lambda: eng.dose(w), max(1, repeats // 2), warmup=False)
         diff = "-" if tail_in_csr else f"{100 * float((eng.dose(w) - dose_fn(w)).abs().max() / eng.dose(w).max()):.2f}"
     return {"model": name, "voxels": eng.n_points, "beamlets": eng.n_bixels, "CSR primary nnz": nnz[0],
             "scatter nnz": nnz[1], "tail nnz": nnz[2], "build s": build, "sparse fwd+bwd s": fb,

@@ -55,21 +55,9 @@ def entries_of(path: Path, fractions: set[str] | None) -> tuple[list[dict], list
     return ents, list(data["structures"])
 
 
-def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
-    """Mean of ``b - a`` over the images both scored, with a percentile-bootstrap 95 % interval."""
-    from sarcart.training.metrics import bootstrap_ci
-
-    d = np.asarray(b, float) - np.asarray(a, float)
-    d = d[np.isfinite(d)]
-    if not d.size:
-        return float("nan"), float("nan"), float("nan")
-    lo, hi = bootstrap_ci(d, np.mean)
-    return float(d.mean()), lo, hi
-
-
 def compare_table(rows: pd.DataFrame, names: list[str]) -> str:
     """Markdown: per structure/region the models' means and the paired difference against the first."""
-    from sarcart.training.metrics import bootstrap_ci
+    from sarcart.training.metrics import bootstrap_ci, paired_difference_ci
 
     ref = names[0]
     out = ["| structure | region | n | " + " | ".join(f"{n} Dice" for n in names) + " | "
@@ -97,7 +85,7 @@ def compare_table(rows: pd.DataFrame, names: list[str]) -> str:
             return f"{np.nanmean(v):.{nd}f} [{lo:.{nd}f}, {hi:.{nd}f}]"
 
         def dfmt(a: np.ndarray, b: np.ndarray, nd: int) -> str:
-            m, lo, hi = paired(a, b)
+            m, lo, hi = paired_difference_ci(b, a)
             return f"{m:+.{nd}f} [{lo:+.{nd}f}, {hi:+.{nd}f}]"
 
         out.append(f"| {s} | {reg} | {int(both.sum())} | " + " | ".join(fmt(dice[m], 3) for m in names) + " | "

@@ -144,19 +144,9 @@ def one_patient(folder: Path, model: Any, args: argparse.Namespace, calibration:
     return rows
 
 
-def paired_ci(a: np.ndarray, b: np.ndarray, *, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of a - b over patients with a percentile-bootstrap 95 % interval."""
-    from sarcart.training.metrics import bootstrap_ci
-
-    d = np.asarray(a, float) - np.asarray(b, float)
-    d = d[np.isfinite(d)]
-    lo, hi = bootstrap_ci(d, np.mean, n=n, seed=seed)
-    return float(d.mean()) if d.size else float("nan"), lo, hi
-
-
 def summarise(rows: list[dict]) -> dict:
     """Per structure and method: mean Dice/HD95 with CIs; network - propagation paired differences; winner."""
-    from sarcart.training.metrics import bootstrap_ci
+    from sarcart.training.metrics import bootstrap_ci, paired_difference_ci
 
     out: dict[str, Any] = {}
     for s in STRUCTURES:
@@ -165,8 +155,8 @@ def summarise(rows: list[dict]) -> dict:
                       for k in ("dice", "hd95_mm")} for meth in METHODS}
         for meth in METHODS:
             out[s][meth] = {k: {"mean": float(np.nanmean(v)), "ci95": bootstrap_ci(v)} for k, v in val[meth].items()}
-        dd = paired_ci(val["network"]["dice"], val["propagation"]["dice"])
-        dh = paired_ci(val["network"]["hd95_mm"], val["propagation"]["hd95_mm"])
+        dd = paired_difference_ci(val["network"]["dice"], val["propagation"]["dice"])
+        dh = paired_difference_ci(val["network"]["hd95_mm"], val["propagation"]["hd95_mm"])
         win_d = "network" if dd[1] > 0 else "propagation" if dd[2] < 0 else "tie"
         win_h = "network" if dh[2] < 0 else "propagation" if dh[1] > 0 else "tie"
         chosen = [r["chosen"] for r in rows if r["structure"] == s and r["method"] == "better_of_both"]

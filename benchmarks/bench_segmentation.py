@@ -40,8 +40,10 @@ def _plan(task: str) -> Plan:
     return make_plan(fp, Budget(throughput_gflops=20), task=task)
 
 
-def _median_time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    fn()  # warm-up
+def median_time(fn, repeats: int, *, warmup: bool = True) -> float:  # type: ignore[no-untyped-def]
+    """Median wall time (s) of ``repeats`` calls of ``fn``, after one untimed warm-up call unless ``warmup=False``."""
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -72,7 +74,7 @@ def bench_network_step(plan: Plan, device: str, *, repeats: int, steps: int = 4)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    return steps * b / _median_time(run, repeats)
+    return steps * b / median_time(run, repeats)
 
 
 def bench_training_step(plan: Plan, device: str, *, repeats: int, workdir: str, steps: int = 4) -> float:
@@ -109,7 +111,7 @@ def bench_training_step(plan: Plan, device: str, *, repeats: int, workdir: str, 
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    return steps * b / _median_time(run, repeats)
+    return steps * b / median_time(run, repeats)
 
 
 def bench_inference(plan: Plan, device: str, *, repeats: int, tta: bool) -> dict[str, float]:

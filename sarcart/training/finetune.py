@@ -317,11 +317,6 @@ def _device(device: str | None) -> str:
     return device
 
 
-def _population(model: str | os.PathLike[str], store: Any) -> ModelBundle:
-    """Load the population bundle; an MLflow URI is fetched from ``store``."""
-    return load_bundle(resolve_model(model, store=store))
-
-
 def _prepare(patient_dir: Path, plan: Plan, out: Path, *, fractions: list[int] | None,
              holdout: int | None) -> tuple[list[dict], dict, dict[str, str]]:
     """Approved fractions -> (fine-tuning entries, held-out entry, source per fraction)."""
@@ -383,7 +378,7 @@ def finetune(
     cfg = config or FinetuneConfig()
     dev = _device(device)
     torch.set_num_threads(cfg.threads)
-    population = _population(model, store)
+    population = load_bundle(resolve_model(model, store=store))  # an MLflow URI is fetched from store
     name = model_name(population.plan.task, patient_dir)
     dst = Path(out) if out is not None else tracking.project_root() / "mlruns" / "finetune" / name
     dst.mkdir(parents=True, exist_ok=True)

@@ -181,6 +181,14 @@ def bootstrap_ci(values: np.ndarray, stat: Callable[[np.ndarray], float] = np.me
     return float(lo), float(hi)
 
 
+def paired_difference_ci(a: np.ndarray, b: np.ndarray, *, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired cases (pairs with a NaN dropped) with its percentile-bootstrap 95 % interval."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    d = d[np.isfinite(d)]
+    lo, hi = bootstrap_ci(d, np.mean, n=n, seed=seed)
+    return float(d.mean()) if d.size else float("nan"), lo, hi
+
+
 def summarise(rows: list[dict], *, n_boot: int = 2000, seed: int = 0) -> list[dict]:
     """Per structure, region and metric: n, mean and median with 95 % bootstrap intervals."""
     out = []

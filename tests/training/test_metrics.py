@@ -11,7 +11,14 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from sarcart.training.evaluation import write_report
-from sarcart.training.metrics import bootstrap_ci, mask_metrics, ring, score_case, summarise
+from sarcart.training.metrics import (
+    bootstrap_ci,
+    mask_metrics,
+    paired_difference_ci,
+    ring,
+    score_case,
+    summarise,
+)
 
 
 def _ball(shape, centre, radius_mm, spacing):
@@ -143,3 +150,16 @@ def test_noise_and_contrast_to_noise_of_a_known_image():
     noisy = img + rng.normal(0, 5.0, img.shape).astype(np.float32)
     assert noise_sigma(noisy) == pytest.approx(5.0, rel=0.05)  # the edges of the ball barely matter
     assert contrast_to_noise(noisy, ball, sp, sigma=5.0) == pytest.approx(30.0 / 5.0, rel=0.05)
+
+
+def test_paired_difference_is_the_mean_of_per_case_differences_with_a_normal_theory_width():
+    rng = np.random.default_rng(1)
+    a = rng.normal(0.8, 0.1, 300)
+    b = a - 0.03 + rng.normal(0.0, 0.02, 300)   # paired: the shared per-case term cancels
+    a[5], b[7] = np.nan, np.nan                   # pairs with a NaN are dropped
+    keep = np.isfinite(a) & np.isfinite(b)
+    d = (a - b)[keep]
+    m, lo, hi = paired_difference_ci(a, b, n=1000)
+    assert m == pytest.approx(d.mean())
+    assert hi - lo == pytest.approx(2 * 1.96 * d.std(ddof=1) / np.sqrt(d.size), rel=0.15)
+    assert lo < 0.03 < hi

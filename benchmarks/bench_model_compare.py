@@ -14,7 +14,8 @@ every image, so an interrupted run resumes where it stopped.
 Output: per model ``OUT/<name>/`` (``metrics.csv``, ``summary.json``, ``boxplot.png``, as ``sarcart
 evaluate`` writes them); ``OUT/compare.md`` with, per structure and region, each model's mean Dice and HD95
 and the paired difference against the first model (mean over images with a 2000-resample percentile
-bootstrap 95 % interval: the same images, so the difference is not confounded by which images were drawn),
+bootstrap 95 % interval that resamples patients, so two fractions of one patient are not counted as
+independent evidence; the same images, so the difference is not confounded by which images were drawn),
 per sub-cohort mean Dice, and Dice against the structure's contrast-to-noise (Spearman ρ, tercile means;
 ``OUT/dice_vs_cnr.png``).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import time
 from pathlib import Path
 
@@ -55,6 +57,11 @@ def entries_of(path: Path, fractions: set[str] | None) -> tuple[list[dict], list
     return ents, list(data["structures"])
 
 
+def patient_of(sub: str, case: str) -> str:
+    """The patient of an image: its case name without the ``_fxNN`` fraction suffix, within its sub-cohort."""
+    return sub + "/" + re.sub(r"_fx\d+$", "", case)
+
+
 def compare_table(rows: pd.DataFrame, names: list[str]) -> str:
     """Markdown: per structure/region the models' means and the paired difference against the first."""
     from sarcart.training.metrics import bootstrap_ci, paired_difference_ci
@@ -79,13 +86,14 @@ def compare_table(rows: pd.DataFrame, names: list[str]) -> str:
             continue
         dice = {m: v[both] for m, v in dice.items()}
         hd = {m: v[both] for m, v in hd.items()}
+        patients = np.array([patient_of(sub, case) for sub, case in common])[both]
 
         def fmt(v: np.ndarray, nd: int) -> str:
             lo, hi = bootstrap_ci(v)
             return f"{np.nanmean(v):.{nd}f} [{lo:.{nd}f}, {hi:.{nd}f}]"
 
-        def dfmt(a: np.ndarray, b: np.ndarray, nd: int) -> str:
-            m, lo, hi = paired_difference_ci(b, a)
+        def dfmt(a: np.ndarray, b: np.ndarray, nd: int, patients: np.ndarray = patients) -> str:
+            m, lo, hi = paired_difference_ci(b, a, groups=patients)
             return f"{m:+.{nd}f} [{lo:+.{nd}f}, {hi:+.{nd}f}]"
 
         out.append(f"| {s} | {reg} | {int(both.sum())} | " + " | ".join(fmt(dice[m], 3) for m in names) + " | "

@@ -181,12 +181,27 @@ def bootstrap_ci(values: np.ndarray, stat: Callable[[np.ndarray], float] = np.me
     return float(lo), float(hi)
 
 
-def paired_difference_ci(a: np.ndarray, b: np.ndarray, *, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of ``a - b`` over paired cases (pairs with a NaN dropped) with its percentile-bootstrap 95 % interval."""
+def paired_difference_ci(a: np.ndarray, b: np.ndarray, *, groups: np.ndarray | None = None, n: int = 2000,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired cases (pairs with a NaN dropped) with its percentile-bootstrap 95 % interval.
+
+    ``groups`` (one label per case, e.g. the patient): resample whole groups instead of cases (cluster
+    bootstrap), so that several images of one patient, which err together, are not counted as independent
+    evidence. The statistic stays the mean over all resampled cases.
+    """
     d = np.asarray(a, float) - np.asarray(b, float)
-    d = d[np.isfinite(d)]
-    lo, hi = bootstrap_ci(d, np.mean, n=n, seed=seed)
-    return float(d.mean()) if d.size else float("nan"), lo, hi
+    keep = np.isfinite(d)
+    d = d[keep]
+    if groups is None or d.size == 0:
+        lo, hi = bootstrap_ci(d, np.mean, n=n, seed=seed)
+        return float(d.mean()) if d.size else float("nan"), lo, hi
+    labels, inv = np.unique(np.asarray(groups)[keep], return_inverse=True)
+    sums = np.bincount(inv, weights=d, minlength=labels.size)
+    counts = np.bincount(inv, minlength=labels.size).astype(float)
+    idx = np.random.default_rng(seed).integers(0, labels.size, size=(n, labels.size))
+    stats = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return float(d.mean()), float(lo), float(hi)
 
 
 def summarise(rows: list[dict], *, n_boot: int = 2000, seed: int = 0) -> list[dict]:

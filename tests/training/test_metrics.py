@@ -163,3 +163,19 @@ def test_paired_difference_is_the_mean_of_per_case_differences_with_a_normal_the
     assert m == pytest.approx(d.mean())
     assert hi - lo == pytest.approx(2 * 1.96 * d.std(ddof=1) / np.sqrt(d.size), rel=0.15)
     assert lo < 0.03 < hi
+
+
+def test_patient_clustered_difference_equals_the_bootstrap_of_patient_means_and_ignores_duplicated_images():
+    rng = np.random.default_rng(3)
+    a = rng.normal(0.85, 0.05, 12)
+    b = a - 0.02 + rng.normal(0.0, 0.03, 12)
+    d = a - b
+    # each patient imaged twice with identical errors: the images add no independent evidence
+    a2, b2, pid = np.repeat(a, 2), np.repeat(b, 2), np.repeat(np.arange(12), 2)
+    m, lo, hi = paired_difference_ci(a2, b2, groups=pid, n=1000)
+    # equal group sizes: the clustered interval is the plain bootstrap of the 12 patient means (same draws)
+    assert m == pytest.approx(d.mean())
+    assert (lo, hi) == pytest.approx(bootstrap_ci(d, np.mean, n=1000))
+    # resampling images instead of patients would pretend 24 independent cases: about 1/sqrt(2) as wide
+    _, lo_i, hi_i = paired_difference_ci(a2, b2, n=1000)
+    assert (hi_i - lo_i) / (hi - lo) == pytest.approx(1 / np.sqrt(2), rel=0.2)

@@ -3,7 +3,8 @@
 Reading sorts slices by their position along the slice normal (never by file name or
 InstanceNumber), checks that they form one uniform stack and returns a :class:`DicomSeries` whose
 volume carries the exact LPS geometry. Nothing is ever resampled: a stack that is not a uniform
-grid (a missing slice, mixed orientations, gantry tilt) is rejected with an explanation.
+grid (a missing slice, mixed orientations, gantry tilt) is rejected with an explanation, and so is a series
+with fewer slices than its ImagesInAcquisition declares (a transfer cut at one end).
 """
 
 from __future__ import annotations
@@ -146,6 +147,27 @@ def _select_series(headers: list[tuple[Path, Dataset]], series_uid: str | None, 
     return next(iter(groups.values()))
 
 
+def _check_declared_count(items: list[tuple[Path, Dataset]], where: Path) -> None:
+    """Fewer slices than ImagesInAcquisition (0020,1002) declares: the series is still arriving or was cut.
+
+    A 3D acquisition whose slices are all declared with one count (as scanners and sarcart's writer do) can be
+    checked; without the attribute a series cut at one end looks complete (its spacing stays uniform).
+    """
+    declared = {str(ds.get("ImagesInAcquisition", "")).strip() for _, ds in items}
+    acquisitions = {str(ds.get("AcquisitionNumber", "")).strip() for _, ds in items}
+    if len(declared) != 1 or len(acquisitions) != 1:
+        return  # absent, or several acquisitions / inconsistent headers: nothing reliable to compare
+    try:
+        n = int(next(iter(declared)))
+    except ValueError:
+        return
+    if 0 < len(items) < n:
+        raise InvalidDicomError(
+            f"{where}: the series holds {len(items)} of the {n} slices its ImagesInAcquisition (0020,1002) "
+            "declares: the transfer is incomplete or was cut. Re-send the complete series"
+        )
+
+
 def _describe(groups: dict[str, list[tuple[Path, Dataset]]]) -> str:
     parts = []
     for uid, items in groups.items():
@@ -228,11 +250,13 @@ def read_dicom_series(
 
     Raises:
         InvalidDicomError: unreadable files, no or several series, mixed orientations, duplicated or
-            missing slices (non-uniform spacing), gantry tilt, Enhanced multi-frame objects.
+            missing slices (non-uniform spacing, or fewer than ImagesInAcquisition declares), gantry tilt,
+            Enhanced multi-frame objects.
     """
     where = Path(folder)
     headers = _read_headers(_candidate_files(where))
     items, geom = _stack_geometry(_select_series(headers, series_uid, where))
+    _check_declared_count(items, where)  # after the gap check, which names where a slice is missing
     slices = []
     for f, _ in items:
         try:

@@ -217,6 +217,8 @@ def write_dicom_series(
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = g.shape[1], g.shape[0]
+    # General Image module (0020,1002): lets a reader tell a truncated transfer from a complete 3D series
+    ds.ImagesInAcquisition = g.shape[2]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     ds.PixelRepresentation = 1 if signed else 0
     if slope != 1.0 or intercept != 0.0:

@@ -89,6 +89,23 @@ def test_missing_slice_is_reported(tmp_path) -> None:
         read_dicom_series(tmp_path / "s")
 
 
+def test_a_series_cut_at_one_end_is_reported_from_its_declared_slice_count(tmp_path) -> None:
+    _make_series(tmp_path / "s", shape=(8, 8, 10))
+    files = sorted((tmp_path / "s").glob("MR_*.dcm"))
+    # the writer declares the count, read back by pydicom independently of sarcart's reader
+    assert {int(pydicom.dcmread(f).ImagesInAcquisition) for f in files} == {len(files)}
+    for f in files[7:]:  # the last three slices never arrived: the rest is still a uniform stack
+        os.unlink(f)
+    with pytest.raises(InvalidDicomError, match=r"holds 7 of the 10 slices its ImagesInAcquisition"):
+        read_dicom_series(tmp_path / "s")
+    # without the attribute nothing tells the cut: the 7 slices read as a complete, uniform stack
+    for f in files[:7]:
+        ds = pydicom.dcmread(f)
+        del ds.ImagesInAcquisition
+        ds.save_as(f)
+    assert read_dicom_series(tmp_path / "s").volume.array.shape == (8, 8, 7)
+
+
 def test_duplicate_slice_is_reported(tmp_path) -> None:
     _make_series(tmp_path / "s")
     ds = pydicom.dcmread(tmp_path / "s" / "MR_0002.dcm")

@@ -123,6 +123,28 @@ def test_missing_slice_fails_the_job_with_a_clear_error(tmp_path, tools) -> None
     assert job["state"] == "failed" and "slice(s) missing" in job["error"]
 
 
+def test_series_cut_at_its_end_fails_then_the_rest_completes_it(tmp_path, tools) -> None:
+    """The console sends 6 of 10 slices and stops: the uniform 6-slice stack is not taken for the whole series."""
+    make_series(tmp_path / "mr", shape=(32, 28, 10))
+    (tmp_path / "rest").mkdir()
+    for f in sorted((tmp_path / "mr").glob("*.dcm"))[6:]:
+        f.rename(tmp_path / "rest" / f.name)
+    cfg = _config(tmp_path)
+    svc = Service(cfg, segmenter=threshold_segmenter)
+    svc.start(http=False)
+    try:
+        assert _storescu(tools["storescu"], cfg, tmp_path / "mr").returncode == 0
+        failed = wait_for(lambda: (svc.db.query("SELECT * FROM jobs WHERE state='failed'") or [None])[0], 60,
+                          "the job on the partial series")
+        assert "holds 6 of the 10 slices" in failed["error"]
+        assert _storescu(tools["storescu"], cfg, tmp_path / "rest").returncode == 0  # the rest arrives
+        done = wait_for(lambda: (svc.db.query("SELECT * FROM jobs WHERE state='done'") or [None])[0], 90,
+                        "a successful job once the series is whole")
+        assert svc.db.series(done["series_uid"])["n_instances"] == 10
+    finally:
+        svc.stop()
+
+
 def test_destination_down_retries_then_dead_letter(tmp_path, tools) -> None:
     make_series(tmp_path / "mr")
     cfg = _config(tmp_path, destinations=[f"PACS@127.0.0.1:{free_port()}"])  # nobody listens there

@@ -139,4 +139,5 @@ def test_the_model_s_fitted_calibration_is_used(monkeypatch, tmp_path):
     from sarcart.models.bundle import resolve_model
 
     shipped = load_bundle(resolve_model("trufi")).meta["qa_calibration"]
-    assert shipped["a"] > 0 and 0.85 < -shipped["b"] / shipped["a"] < 0.95  # flags below raw confidence ~0.9
+    # flags below a raw confidence of 0.90-0.96 (v1 0.896, v2 0.938, v3 0.956: better models are surer)
+    assert shipped["a"] > 0 and 0.85 < -shipped["b"] / shipped["a"] < 0.98

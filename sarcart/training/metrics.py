@@ -192,10 +192,11 @@ def paired_difference_ci(a: np.ndarray, b: np.ndarray, *, groups: np.ndarray | N
     d = np.asarray(a, float) - np.asarray(b, float)
     keep = np.isfinite(d)
     d = d[keep]
-    if groups is None or d.size == 0:
-        lo, hi = bootstrap_ci(d, np.mean, n=n, seed=seed)
-        return float(d.mean()) if d.size else float("nan"), lo, hi
-    labels, inv = np.unique(np.asarray(groups)[keep], return_inverse=True)
+    if d.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    # without groups every case is its own group: the plain percentile bootstrap of the mean
+    g = np.arange(d.size) if groups is None else np.asarray(groups)[keep]
+    labels, inv = np.unique(g, return_inverse=True)
     sums = np.bincount(inv, weights=d, minlength=labels.size)
     counts = np.bincount(inv, minlength=labels.size).astype(float)
     idx = np.random.default_rng(seed).integers(0, labels.size, size=(n, labels.size))

@@ -102,12 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| whole command (incl. label maps, MLflow logging) | {statistics.median(w for _, w in results):.0f} s |")
     print(f"| loss (Dice+CE) on fx00+fx01, population -> patient | {res.loss_before:.4f} -> {res.loss_after:.4f} |")
     print(f"| decision | {'kept (champion)' if res.kept else 'rejected'} ({res.name} v{res.version}) |")
-    _as_deployed(patient, model, res, args.device)
+    _as_deployed(patient, model, res, args.device, cfg)
     return 0
 
 
-def _as_deployed(patient: Path, model: str, res, device: str) -> None:  # type: ignore[no-untyped-def]
-    """The same held-out comparison through the predictor as the service runs it (post-processing, no TTA)."""
+def _as_deployed(patient: Path, model: str, res, device: str, cfg) -> None:  # type: ignore[no-untyped-def]
+    """The same held-out comparison through the predictor as the service runs it (post-processing, no TTA),
+    judged by the keep rule with the run's tolerances."""
     import pandas as pd
 
     from sarcart.inference.predictor import Predictor, PredictorConfig
@@ -124,7 +125,7 @@ def _as_deployed(patient: Path, model: str, res, device: str) -> None:  # type: 
         structures = pred.structures
         truth = {s: labels == k for k, s in enumerate(structures, 1) if (labels == k).any()}
         tables.append(pd.DataFrame(score_case(pred.masks(image), truth, image.geometry.spacing_mm)))
-    keep, table = compare(*tables)
+    keep, table = compare(*tables, sdice_tolerance=cfg.sdice_tolerance, hd95_tolerance_mm=cfg.hd95_tolerance_mm)
     print("\nas deployed (predictor: largest component for GTV/kidneys, holes filled; no TTA), held-out fx02:\n")
     print("| structure | Dice pop | Dice patient | sDice 2 mm pop | sDice 2 mm patient | HD95 pop (mm) "
           "| HD95 patient (mm) | not worse |")
@@ -133,7 +134,8 @@ def _as_deployed(patient: Path, model: str, res, device: str) -> None:  # type: 
         print(f"| {r['structure']} | {r['dice_population']:.3f} | {r['dice_patient']:.3f} | "
               f"{r['surface_dice_2mm_population']:.3f} | {r['surface_dice_2mm_patient']:.3f} | "
               f"{r['hd95_mm_population']:.1f} | {r['hd95_mm_patient']:.1f} | {'yes' if r['not_worse'] else 'NO'} |")
-    print(f"\nkeep rule applied to the deployed outputs: {'kept' if keep else 'rejected'}")
+    print(f"\nkeep rule applied to the deployed outputs (tolerances: surface Dice {cfg.sdice_tolerance}, HD95 "
+          f"{cfg.hd95_tolerance_mm} mm): {'kept' if keep else 'rejected'}")
 
 
 if __name__ == "__main__":

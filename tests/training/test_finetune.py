@@ -108,6 +108,19 @@ def test_keep_rule_on_known_metric_tables():
     assert not keep  # nothing scored: nothing shows the patient model is not worse
 
 
+def test_default_tolerances_forgive_the_metrics_resolution_and_nothing_more():
+    cfg = FinetuneConfig()
+    tol = {"sdice_tolerance": cfg.sdice_tolerance, "hd95_tolerance_mm": cfg.hd95_tolerance_mm}
+    pop = _table([0.915, 0.60], [3.0, 10.0], ("KIDNEY_L", "GTV"))
+    # the measured case (BENCHMARKS.md): kidney surface Dice 0.915 -> 0.909, HD95 equal; GTV much better
+    keep, _ = compare(pop, _table([0.909, 0.75], [3.0, 4.2], ("KIDNEY_L", "GTV")), **tol)
+    assert keep and not compare(pop, _table([0.909, 0.75], [3.0, 4.2], ("KIDNEY_L", "GTV")))[0]
+    # one voxel (1.5 mm) of HD95 is tolerated, two are not; 0.02 of surface Dice is not
+    assert compare(pop, _table([0.915, 0.60], [4.5, 10.0], ("KIDNEY_L", "GTV")), **tol)[0]
+    assert not compare(pop, _table([0.915, 0.60], [6.0, 10.0], ("KIDNEY_L", "GTV")), **tol)[0]
+    assert not compare(pop, _table([0.895, 0.75], [3.0, 4.2], ("KIDNEY_L", "GTV")), **tol)[0]
+
+
 def test_fraction_choice_never_fine_tunes_on_the_held_out_fraction():
     assert choose_fractions([0, 1, 2]) == ([0, 1], 2)
     assert choose_fractions([0, 1, 2, 3], fractions=[1, 2]) == ([1, 2], 3)

@@ -38,6 +38,9 @@ from sarcart.dose.influence import ScatterOperator, _SparseMv, csr_pair
 from sarcart.dose.machine import BeamModel, MachineConfig, mrlinac_6fff, mrlinac_6fff_two_term
 from sarcart.io.geometry import Geometry, Volume
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_segmentation import median_time  # the benchmarks' shared timer
+
 
 def _phantom(spacing: float = 3.0) -> tuple[Volume, Volume, np.ndarray]:
     """Body density, target mask and the flat indices of the calculation voxels."""
@@ -77,8 +80,6 @@ def _measure(name: str, model: BeamModel, setup: tuple, repeats: int, *, tail_in
         dose_fn = infl.dose
         nnz = (infl.nnz, infl.scatter.nnz, infl.tail.nnz if infl.tail is not None else 0)
     build = time.perf_counter() - t
-    from bench_segmentation import median_time  # the benchmarks' shared timer (script folder on sys.path)
-
     fb = median_time(lambda: _forward_backward(dose_fn, eng.n_bixels), repeats, warmup=False)
     w = torch.rand(eng.n_bixels, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -62,10 +62,24 @@ def patient_of(sub: str, case: str) -> str:
     return sub + "/" + re.sub(r"_fx\d+$", "", case)
 
 
+def _mean_ci(v: np.ndarray, nd: int) -> str:
+    """``mean [lo, hi]`` with the bootstrap interval over images."""
+    from sarcart.training.metrics import bootstrap_ci
+
+    lo, hi = bootstrap_ci(v)
+    return f"{np.nanmean(v):.{nd}f} [{lo:.{nd}f}, {hi:.{nd}f}]"
+
+
+def _difference_ci(model: np.ndarray, ref: np.ndarray, patients: np.ndarray, nd: int) -> str:
+    """``model - ref`` as ``mean [lo, hi]``, the interval resampling patients."""
+    from sarcart.training.metrics import paired_difference_ci
+
+    m, lo, hi = paired_difference_ci(model, ref, groups=patients)
+    return f"{m:+.{nd}f} [{lo:+.{nd}f}, {hi:+.{nd}f}]"
+
+
 def compare_table(rows: pd.DataFrame, names: list[str]) -> str:
     """Markdown: per structure/region the models' means and the paired difference against the first."""
-    from sarcart.training.metrics import bootstrap_ci, paired_difference_ci
-
     ref = names[0]
     out = ["| structure | region | n | " + " | ".join(f"{n} Dice" for n in names) + " | "
            + " | ".join(f"{n} − {ref} Dice [95 % CI]" for n in names[1:]) + " | "
@@ -88,18 +102,10 @@ def compare_table(rows: pd.DataFrame, names: list[str]) -> str:
         hd = {m: v[both] for m, v in hd.items()}
         patients = np.array([patient_of(sub, case) for sub, case in common])[both]
 
-        def fmt(v: np.ndarray, nd: int) -> str:
-            lo, hi = bootstrap_ci(v)
-            return f"{np.nanmean(v):.{nd}f} [{lo:.{nd}f}, {hi:.{nd}f}]"
-
-        def dfmt(a: np.ndarray, b: np.ndarray, nd: int, patients: np.ndarray = patients) -> str:
-            m, lo, hi = paired_difference_ci(b, a, groups=patients)
-            return f"{m:+.{nd}f} [{lo:+.{nd}f}, {hi:+.{nd}f}]"
-
-        out.append(f"| {s} | {reg} | {int(both.sum())} | " + " | ".join(fmt(dice[m], 3) for m in names) + " | "
-                   + " | ".join(dfmt(dice[ref], dice[m], 3) for m in names[1:]) + " | "
-                   + " | ".join(fmt(hd[m], 1) for m in names) + " | "
-                   + " | ".join(dfmt(hd[ref], hd[m], 1) for m in names[1:]) + " |")
+        out.append(f"| {s} | {reg} | {int(both.sum())} | " + " | ".join(_mean_ci(dice[m], 3) for m in names) + " | "
+                   + " | ".join(_difference_ci(dice[m], dice[ref], patients, 3) for m in names[1:]) + " | "
+                   + " | ".join(_mean_ci(hd[m], 1) for m in names) + " | "
+                   + " | ".join(_difference_ci(hd[m], hd[ref], patients, 1) for m in names[1:]) + " |")
     return "\n".join(line.replace(" |  |", " |") for line in out)  # one model: no difference columns
 
 

@@ -177,6 +177,8 @@ def main() -> None:
     ap.add_argument("--fractions", help="only cases ending in one of these (comma-separated, e.g. fx01)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tta", action="store_true", help="mirroring TTA where the plan allows it")
+    ap.add_argument("--subvoxel", action="append", default=[], metavar="NAME",
+                    help="the model NAME averages over the plan grid's half-voxel phases (repeatable)")
     args = ap.parse_args()
 
     import torch
@@ -191,6 +193,9 @@ def main() -> None:
             raise SystemExit(f"--model {spec!r}: write NAME=MODEL, e.g. v1=trufi")
         name, src = spec.split("=", 1)
         models.append((name, src))
+    unknown = set(args.subvoxel) - {n for n, _ in models}
+    if unknown:
+        raise SystemExit(f"--subvoxel {sorted(unknown)}: no --model of that name")
     names = [n for n, _ in models]
     fractions = set(args.fractions.split(",")) if args.fractions else None
     args.out.mkdir(parents=True, exist_ok=True)
@@ -201,7 +206,7 @@ def main() -> None:
         done = set(zip(prev.model, prev["sub"], prev.case))
     print(f"load average before: {os.getloadavg()[0]:.1f}; {len(done)} (model, image) pairs already scored")
     for name, src in models:
-        pred = Predictor(src, config=PredictorConfig(tta=args.tta))
+        pred = Predictor(src, config=PredictorConfig(tta=args.tta, subvoxel=name in args.subvoxel))
         for sub, dl in datalists(args.data):
             ents, data_structures = entries_of(dl, fractions)
             structures = [s for s in pred.structures if s in data_structures]

@@ -159,11 +159,10 @@ def crop_fov(image: Any, refs: dict[str, np.ndarray], *, keep: tuple[float, floa
 def score_image(bundle: Any, net: Any, image: Any, refs: dict[str, np.ndarray]) -> tuple[list[dict], Any]:
     """Segment one image and score every structure that has a non-empty reference."""
     from sarcart.inference.predictor import PredictorConfig, segment_image
-    from sarcart.inference.qa import input_check, structure_confidences, structure_qa
+    from sarcart.inference.qa import input_check, structure_qa
     from sarcart.training.metrics import mask_metrics
 
     seg = segment_image(image, bundle, net, config=PredictorConfig(keep_probabilities=True, device="cpu"))
-    conf = structure_confidences(seg.probabilities, seg.labels.array, seg.structures)
     prof = bundle.plan.training_profile or {}
     inp = input_check(image, train_spacings_mm=[prof["median_spacing_mm"]] if "median_spacing_mm" in prof else None,
                       train_intensity=prof.get("intensity"))
@@ -172,9 +171,10 @@ def score_image(bundle: Any, net: Any, image: Any, refs: dict[str, np.ndarray]) 
         if s not in refs or not refs[s].any():
             continue
         mask = seg.labels.with_array(seg.labels.array == k)
-        q = structure_qa(s, mask, prob=seg.probabilities[k].astype(np.float32))
+        prob, prob_mask = seg.confidence_inputs(s)
+        q = structure_qa(s, mask, prob=prob, prob_mask=prob_mask)
         m = mask_metrics(mask.array, refs[s], image.geometry.spacing_mm)
-        rows.append({"structure": s, "dice": m["dice"], "hd95_mm": m["hd95_mm"], "confidence_raw": conf[s],
+        rows.append({"structure": s, "dice": m["dice"], "hd95_mm": m["hd95_mm"], "confidence_raw": q["confidence_raw"],
                      "volume_cc": q["volume_cc"], "flags": "; ".join(q["flags"]),
                      "input_flags": "; ".join(inp["flags"]), "seconds": round(seg.seconds, 1)})
     return rows, seg

@@ -9,7 +9,8 @@ Plans: ``gtv-t1`` (the shipped model's plan when installed, else the plan of the
 and ``trufi`` (the plan of a 267x267x144, 1.5x1.5x3 mm fingerprint with four structures).
 Inference: the predictor on a 267x267x144 toy volume (1.5x1.5x3 mm) with each plan's network,
 split into its stages; TTA off (median of ``--repeats``) and on (mirroring over the allowed axes,
-timed once). The load average of the machine is printed because the CPU may be shared.
+timed once), each also with the plan grid's half-voxel phases (``subvoxel``: 2^k passes for k axes the
+plan coarsens, timed once). ``--inference-only`` skips the training part. The load average of the machine is printed because the CPU may be shared.
 """
 
 from __future__ import annotations
@@ -114,10 +115,10 @@ def bench_training_step(plan: Plan, device: str, *, repeats: int, workdir: str, 
     return steps * b / median_time(run, repeats)
 
 
-def bench_inference(plan: Plan, device: str, *, repeats: int, tta: bool) -> dict[str, float]:
+def bench_inference(plan: Plan, device: str, *, repeats: int, tta: bool, subvoxel: bool = False) -> dict[str, float]:
     """Seconds per stage of the predictor on a 267x267x144 volume (random weights: timing only)."""
     from sarcart.inference.postprocess import postprocess
-    from sarcart.training.predict import sliding_window_probs
+    from sarcart.training.predict import sliding_window_probs, subvoxel_shifts
     from sarcart.training.preprocess import prepare_image, to_original_grid
     from sarcart.training.toy import toy_case
 
@@ -129,21 +130,29 @@ def bench_inference(plan: Plan, device: str, *, repeats: int, tta: bool) -> dict
     stages: dict[str, list[float]] = {"prepare": [], "sliding window": [], "to input grid": [], "post-process": []}
     with torch.no_grad():  # warm-up on one patch
         net(torch.zeros(1, 1, *plan.patch_size, device=device))
+    shifts = subvoxel_shifts(image.geometry, plan) if subvoxel else [(0.0, 0.0, 0.0)]
     for _ in range(repeats):
-        t = [time.perf_counter()]
-        prep = prepare_image(image, plan)
-        t.append(time.perf_counter())
-        probs = sliding_window_probs(net, torch.from_numpy(prep.array), plan, tta=tta, amp_dtype=amp)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t.append(time.perf_counter())
-        back = to_original_grid(probs.cpu().numpy(), prep.grid, image.geometry)
-        t.append(time.perf_counter())
+        spent = dict.fromkeys(stages, 0.0)
+        back = None
+        for shift in shifts:
+            t = [time.perf_counter()]
+            prep = prepare_image(image, plan, shift_vox=shift)
+            t.append(time.perf_counter())
+            probs = sliding_window_probs(net, torch.from_numpy(prep.array), plan, tta=tta, amp_dtype=amp)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t.append(time.perf_counter())
+            b = to_original_grid(probs.cpu().numpy(), prep.grid, image.geometry)
+            back = b if back is None else back + b
+            t.append(time.perf_counter())
+            for name, t0, t1 in zip(("prepare", "sliding window", "to input grid"), t[:-1], t[1:]):
+                spent[name] += t1 - t0
+        t0 = time.perf_counter()
         arg = back.argmax(0)
         postprocess({s: arg == k for k, s in enumerate(plan.structures, 1)}, image.geometry)
-        t.append(time.perf_counter())
-        for name, a, b in zip(stages, t[:-1], t[1:]):
-            stages[name].append(b - a)
+        spent["post-process"] = time.perf_counter() - t0
+        for name, seconds in spent.items():
+            stages[name].append(seconds)
     out = {k: statistics.median(v) for k, v in stages.items()}
     out["total"] = sum(out.values())
     return out
@@ -155,6 +164,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default="/tmp/sarcart-bench-seg")
+    ap.add_argument("--inference-only", action="store_true", help="skip the training throughput part")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -162,6 +172,14 @@ def main() -> None:
     dev = args.device
     name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else f"CPU, {args.threads} threads"
     print(f"device: {name}; load average before: {os.getloadavg()[0]:.1f}; repeats: {args.repeats} (median)\n")
+    if not args.inference_only:
+        training_table(args)
+    inference_table(args)
+    print(f"\nload average after: {os.getloadavg()[0]:.1f}")
+
+
+def training_table(args: argparse.Namespace) -> None:
+    dev = args.device
     print("| plan | patch (voxels @ mm) | network only (patches/s) | full step with data + augmentation (patches/s) |"
           " plan's estimate (patches/s) | implied `throughput_gflops` (full step) |")
     print("|---|---|---|---|---|---|")
@@ -177,20 +195,28 @@ def main() -> None:
         sp = "x".join(f"{s:.2f}" for s in plan.target_spacing_mm)
         print(f"| {task} | {'x'.join(map(str, plan.patch_size))} @ {sp} | {net_ps:.2f} | {full_ps:.2f} | {est:.2f} "
               f"| {gflop * full_ps:.0f} |")
+
+
+def inference_table(args: argparse.Namespace) -> None:
+    from sarcart.io.geometry import Geometry
+    from sarcart.training.predict import subvoxel_shifts
+
+    dev = args.device
     print("\nInference, 267x267x144 volume at 1.5x1.5x3 mm (seconds, median):\n")
-    print("| plan | TTA passes (runs) | prepare | sliding window | to input grid | post-process | total |")
+    print("| plan | mirror passes x sub-voxel phases (runs) | prepare | sliding window | to input grid | post-process | total |")
     print("|---|---|---|---|---|---|---|")
+    grid = Geometry(shape=(267, 267, 144), spacing_mm=(1.5, 1.5, 3.0), origin_mm=(0.0, 0.0, 0.0))
     for task in ("gtv-t1", "trufi"):
         plan = _plan(task)
-        for tta in (False, True):
-            if tta and not plan.flip_axes:
+        phases = len(subvoxel_shifts(grid, plan))
+        for tta, subvoxel in ((False, False), (True, False), (False, True)):
+            if (tta and not plan.flip_axes) or (subvoxel and phases == 1):
                 continue
-            reps = 1 if tta else args.repeats  # TTA multiplies the cost: timed once
-            s = bench_inference(plan, dev, repeats=reps, tta=tta)
+            reps = 1 if (tta or subvoxel) else args.repeats  # several passes multiply the cost: timed once
+            s = bench_inference(plan, dev, repeats=reps, tta=tta, subvoxel=subvoxel)
             passes = 2 ** len(plan.flip_axes) if tta else 1
-            print(f"| {task} | {passes} (x{reps}) | {s['prepare']:.2f} | {s['sliding window']:.2f} | {s['to input grid']:.2f} "
-                  f"| {s['post-process']:.2f} | {s['total']:.2f} |")
-    print(f"\nload average after: {os.getloadavg()[0]:.1f}")
+            print(f"| {task} | {passes} x {phases if subvoxel else 1} (x{reps}) | {s['prepare']:.2f} | {s['sliding window']:.2f} "
+                  f"| {s['to input grid']:.2f} | {s['post-process']:.2f} | {s['total']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -125,15 +125,13 @@ def segment_fraction(image: Volume, *, model: Any, reference_masks: Mapping[str,
     if model is not None:
         seg = model(image)
         model_name = f"{seg.model}:{seg.version}" if seg.version else seg.model
-        for k, name in enumerate(seg.structures):
+        for name in seg.structures:
             if name not in s.network_structures:
                 continue
             m = seg.mask(name)
-            prob = None
-            if seg.probabilities is not None:
-                prob = seg.probabilities[k + 1 if len(seg.probabilities) > len(seg.structures) else k]
+            prob, prob_mask = seg.confidence_inputs(name) or (None, None)
             prev = (previous or {}).get(name, carried.get(name))
-            q = structure_qa(name, m, prob=prob, previous=prev)
+            q = structure_qa(name, m, prob=prob, prob_mask=prob_mask, previous=prev)
             if q["flags"] and s.flagged_fallback and name in carried:
                 q["replaced_by_propagation"] = True
                 masks[name], method[name] = carried[name], "propagation"

@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--out", required=True, type=Path, help="output folder")
     s.add_argument("--series-uid", help="SeriesInstanceUID when the folder holds several series")
     s.add_argument("--tta", action="store_true", help="test-time augmentation (mirroring along allowed axes)")
+    s.add_argument("--subvoxel", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over the plan grid's half-voxel phases (4 passes for trufi; "
+                   "default: what the model's bundle recommends)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     s.add_argument("--no-postprocess", action="store_true", help="raw network output (no anatomy rules)")
     s.add_argument("--store", help=_STORE_HELP)
@@ -30,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     e.add_argument("--out", required=True, type=Path, help="output folder")
     e.add_argument("--fold", help="only the cases of this fold (default: every case)")
     e.add_argument("--tta", action="store_true", help="test-time augmentation")
+    e.add_argument("--subvoxel", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over the plan grid's half-voxel phases (4 passes for trufi; "
+                   "default: what the model's bundle recommends)")
     e.add_argument("--no-postprocess", action="store_true", help="score the raw network output")
     e.add_argument("--device", help="cpu, cuda ... (default: CUDA when available)")
     e.add_argument("--ring-mm", type=float, default=30.0, help="width of the OAR ring around the PTV (mm)")
@@ -64,7 +70,8 @@ def _segment(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("sarcart.segment")
     image, series = _read_input(args.image, args.series_uid)
-    cfg = PredictorConfig(tta=args.tta, device=args.device, postprocess=not args.no_postprocess)
+    cfg = PredictorConfig(tta=args.tta, subvoxel=args.subvoxel, device=args.device,
+                          postprocess=not args.no_postprocess)
     pred = Predictor(args.model, config=cfg, store=args.store)
     seg = pred(image)
     out: Path = args.out
@@ -82,10 +89,11 @@ def _segment(args: argparse.Namespace) -> int:
         if present:
             label = f"{seg.model} v{seg.version}"
             write_rtstruct(present, series, out / "rtstruct.dcm", label=label[:16],
-                           description=f"model {seg.model} version {seg.version}, TTA {'on' if seg.tta else 'off'}")
+                           description=f"model {seg.model} version {seg.version}, TTA {'on' if seg.tta else 'off'}"
+                           f"{', sub-voxel phases' if seg.subvoxel else ''}")
             written.append("rtstruct.dcm")
     info = {"model": seg.model, "version": seg.version, "source": args.model, "tta": seg.tta,
-            "seconds": round(seg.seconds, 2), "volumes_cc": vols, "postprocessing": seg.notes,
+            "subvoxel": seg.subvoxel, "seconds": round(seg.seconds, 2), "volumes_cc": vols, "postprocessing": seg.notes,
             "notice": sarcart.NOT_FOR_CLINICAL_USE}
     (out / "segmentation.json").write_text(json.dumps(info, indent=1))
     con = Console()
@@ -125,20 +133,21 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> tuple:  # type: ignore[type-arg]
-    from sarcart.inference.predictor import Predictor, PredictorConfig
+    from sarcart.inference.predictor import Predictor, PredictorConfig, bundle_subvoxel
     from sarcart.tracking import hash_id
     from sarcart.training.dataset import load_datalist
     from sarcart.training.evaluation import evaluate_cases
 
     data = load_datalist(args.data)
     entries = data["training"] if args.fold is None else [e for e in data["training"] if str(e.get("fold")) == args.fold]
-    pred = Predictor(args.model, config=PredictorConfig(tta=args.tta, device=args.device,
+    pred = Predictor(args.model, config=PredictorConfig(tta=args.tta, subvoxel=args.subvoxel, device=args.device,
                                                         postprocess=not args.no_postprocess), store=args.store)
+    subvoxel = bundle_subvoxel(pred.bundle) if args.subvoxel is None else args.subvoxel
     structures = [s for s in pred.structures if s in data["structures"]]
     table = evaluate_cases(pred.masks, entries, structures, case_key=hash_id, ring_mm=args.ring_mm,
                            ptv_margin_mm=args.ptv_margin_mm)
     meta = {"model": f"{pred.bundle.name} v{pred.bundle.version}", "source": args.model, "tta": args.tta,
-            "postprocessing": not args.no_postprocess, "datalist": str(args.data), "fold": args.fold, "ring_mm": args.ring_mm, "ptv_margin_mm": args.ptv_margin_mm}
+            "subvoxel": subvoxel, "postprocessing": not args.no_postprocess, "datalist": str(args.data), "fold": args.fold, "ring_mm": args.ring_mm, "ptv_margin_mm": args.ptv_margin_mm}
     return table, meta
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from sarcart.errors import ConfigError, InvalidImageError
 from sarcart.inference.postprocess import SINGLE_COMPONENT, SOLID, postprocess
-from sarcart.io.geometry import Volume
+from sarcart.io.geometry import Geometry, Volume
 from sarcart.io.labels import LabelSpec
 from sarcart.models.bundle import ModelBundle, load_bundle, resolve_model
 from sarcart.training.predict import predict_volume
@@ -39,16 +39,21 @@ class PredictorConfig:
 
     Attributes:
         tta: average over mirrorings along the plan's allowed flip axes (2^n passes).
+        subvoxel: also average over the plan grid's half-voxel phases along every axis the plan
+            coarsens (2^k passes; :func:`sarcart.training.predict.subvoxel_shifts`); None = what the
+            bundle recommends (``meta["inference"]["subvoxel"]``, off when absent).
         device: ``cpu``, ``cuda``, ``cuda:1``...; None = CUDA when available.
         precision: ``auto`` = bf16 on CUDA when supported, else fp16 on CUDA, fp32 on CPU.
         sw_batch_size: windows per forward pass.
         postprocess: apply the anatomy rules (largest component, holes, left/right kidneys); a
             bundle's ``meta["postprocess"]`` (``{"largest_component": [...], "fill_holes": [...]}``)
             narrows the structures they apply to.
-        keep_probabilities: return the class probabilities (float16) on the image grid.
+        keep_probabilities: return the class probabilities (float16) on the image grid, and those of
+            the unshifted pass on the plan grid (for the QA confidence).
     """
 
     tta: bool = False
+    subvoxel: bool | None = None
     device: str | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     sw_batch_size: int = 2
@@ -68,7 +73,10 @@ class Segmentation:
         labels: uint8 label map on the input grid (0 background, k+1 = ``structures[k]``).
         structures: structure names in label order.
         probabilities: ``(C, nx, ny, nz)`` float16 when kept, else None.
+        plan_probabilities, plan_labels: the unshifted pass's probabilities (float16) on the plan grid and
+            the label map made from them there by the same rules, when kept (see :meth:`confidence_inputs`).
         model, version: which model produced it.
+        tta, subvoxel: whether mirroring TTA and the sub-voxel phases were used.
         notes: post-processing actions, in words.
         seconds: wall time of the prediction.
     """
@@ -76,9 +84,12 @@ class Segmentation:
     labels: Volume
     structures: list[str]
     probabilities: np.ndarray | None = None
+    plan_probabilities: np.ndarray | None = None
+    plan_labels: np.ndarray | None = None
     model: str = ""
     version: str = ""
     tta: bool = False
+    subvoxel: bool = False
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -94,6 +105,24 @@ class Segmentation:
     @property
     def masks(self) -> dict[str, Volume]:
         return {s: self.mask(s) for s in self.structures}
+
+    def confidence_inputs(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(probability, mask)`` of a structure for the QA confidence, or None without probabilities.
+
+        On the plan grid when its probabilities were kept: the unshifted pass's probabilities and the mask
+        the same rules make from them there. That is the grid the network works on and where the QA
+        calibration was fitted (``benchmarks/bench_qa_flags.py``, images at the plan's spacing), so the
+        confidence of an image does not depend on its resolution or on the sub-voxel phases. On a finer
+        image's own grid the probabilities between coarse voxels are only interpolated, which lowers the
+        raw confidence of a 1.5 mm image far below what the calibration expects (``docs/qa.md``).
+        Otherwise the image-grid probabilities and mask.
+        """
+        k = self.structures.index(name) + 1
+        if self.plan_probabilities is not None and self.plan_labels is not None:
+            return np.asarray(self.plan_probabilities[k], np.float32), self.plan_labels == k
+        if self.probabilities is not None:
+            return np.asarray(self.probabilities[k], np.float32), self.labels.array == k
+        return None
 
     def volumes_cc(self) -> dict[str, float]:
         vox = self.labels.geometry.voxel_volume_cc
@@ -123,6 +152,28 @@ def _label_map(masks: dict[str, np.ndarray], structures: list[str], shape: tuple
     return labels
 
 
+def _labels(probs: np.ndarray, grid: Geometry, bundle: ModelBundle, body_centre_x_mm: float | None,
+            apply_rules: bool) -> tuple[np.ndarray, list[str]]:
+    """Argmax of ``probs`` on ``grid``, then the anatomy rules (narrowed by the bundle) when asked."""
+    arg = np.argmax(probs, axis=0)
+    structures = list(bundle.plan.structures)
+    masks = {s: arg == k for k, s in enumerate(structures, 1)}
+    notes: list[str] = []
+    if apply_rules:
+        rules = bundle.meta.get("postprocess") or {}
+        masks, notes = postprocess(
+            masks, grid, body_centre_x_mm=body_centre_x_mm,
+            single_component=tuple(rules.get("largest_component", SINGLE_COMPONENT)),
+            solid=tuple(rules.get("fill_holes", SOLID)),
+        )
+    return _label_map(masks, structures, grid.shape), notes
+
+
+def bundle_subvoxel(bundle: ModelBundle) -> bool:
+    """Whether a model's bundle recommends averaging over the sub-voxel phases (``meta["inference"]``)."""
+    return bool((bundle.meta.get("inference") or {}).get("subvoxel", False))
+
+
 def segment_image(image: Volume, bundle: ModelBundle, network: nn.Module | None = None,
                   *, config: PredictorConfig | None = None) -> Segmentation:
     """Segment one image with a model bundle.
@@ -146,26 +197,24 @@ def segment_image(image: Volume, bundle: ModelBundle, network: nn.Module | None 
     device = _device(cfg)
     net = network if network is not None else bundle.network(device)
     device = next(net.parameters()).device
-    probs, _ = predict_volume(net, image, bundle.plan, tta=cfg.tta, sw_batch_size=cfg.sw_batch_size,
-                              amp_dtype=_amp_dtype(cfg, device))
-    arg = np.argmax(probs, axis=0)
+    subvoxel = bundle_subvoxel(bundle) if cfg.subvoxel is None else cfg.subvoxel
+    probs, plan_pred = predict_volume(net, image, bundle.plan, tta=cfg.tta, subvoxel=subvoxel,
+                                      sw_batch_size=cfg.sw_batch_size, amp_dtype=_amp_dtype(cfg, device))
     structures = list(bundle.plan.structures)
-    masks = {s: arg == k for k, s in enumerate(structures, 1)}
-    notes: list[str] = []
+    cx = None
     if cfg.postprocess:
         body = body_mask(image.array.astype(np.float32), bundle.plan.normalisation)
         cx = float(image.geometry.index_to_world(np.asarray(ndimage.center_of_mass(body)))[0]) if body.any() else None
-        rules = bundle.meta.get("postprocess") or {}
-        masks, notes = postprocess(
-            masks, image.geometry, body_centre_x_mm=cx,
-            single_component=tuple(rules.get("largest_component", SINGLE_COMPONENT)),
-            solid=tuple(rules.get("fill_holes", SOLID)),
-        )
-    labels = image.with_array(_label_map(masks, structures, image.geometry.shape))
+    labels, notes = _labels(probs, image.geometry, bundle, cx, cfg.postprocess)
+    plan_labels = None
+    if cfg.keep_probabilities:  # the same rules on the plan grid, for the QA confidence
+        plan_labels, _ = _labels(plan_pred.probs, plan_pred.prepared.grid, bundle, cx, cfg.postprocess)
     return Segmentation(
-        labels=labels, structures=structures,
+        labels=image.with_array(labels), structures=structures,
         probabilities=probs.astype(np.float16) if cfg.keep_probabilities else None,
-        model=bundle.name, version=bundle.version, tta=cfg.tta, notes=notes, seconds=time.perf_counter() - t0,
+        plan_probabilities=plan_pred.probs.astype(np.float16) if cfg.keep_probabilities else None,
+        plan_labels=plan_labels,
+        model=bundle.name, version=bundle.version, tta=cfg.tta, subvoxel=subvoxel, notes=notes, seconds=time.perf_counter() - t0,
     )
 
 

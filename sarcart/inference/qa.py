@@ -102,15 +102,21 @@ def pieces(mask: np.ndarray, voxel_cc: float, min_cc: float) -> int:
     return int((sizes >= min_cc).sum())
 
 
-def structure_qa(name: str, mask: Volume, *, prob: np.ndarray | None = None, previous: Volume | None = None,
-                 calibration: QACalibration | None = None, config: QAConfig | None = None) -> dict[str, Any]:
-    """Measurements and flags of one structure (see the module docstring)."""
+def structure_qa(name: str, mask: Volume, *, prob: np.ndarray | None = None, prob_mask: np.ndarray | None = None,
+                 previous: Volume | None = None, calibration: QACalibration | None = None,
+                 config: QAConfig | None = None) -> dict[str, Any]:
+    """Measurements and flags of one structure (see the module docstring).
+
+    ``prob`` is the structure's probability for the confidence; ``prob_mask`` the mask on ``prob``'s grid
+    when that is not ``mask``'s (the plan grid: :meth:`Segmentation.confidence_inputs
+    <sarcart.inference.predictor.Segmentation.confidence_inputs>` gives both).
+    """
     cfg = config or QAConfig()
     m = np.asarray(mask.array, dtype=bool)
     vox = mask.geometry.voxel_volume_cc
     out: dict[str, Any] = {"volume_cc": float(m.sum() * vox), "flags": []}
     if prob is not None:
-        raw = soft_dice_confidence(prob, m)
+        raw = soft_dice_confidence(prob, m if prob_mask is None else prob_mask)
         out["confidence_raw"] = raw
         out["confidence"] = (calibration or QACalibration())(raw)
         if out["confidence"] < cfg.min_confidence:

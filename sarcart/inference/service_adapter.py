@@ -55,11 +55,10 @@ def segmentation_qa(image: Volume, seg: Segmentation, predictor: Predictor, *,
         "structures": {},
     }
     masks = masks if masks is not None else {n: seg.mask(n) for n in seg.structures}
-    for k, name in enumerate(seg.structures):
-        prob = None
-        if seg.probabilities is not None:
-            prob = np.asarray(seg.probabilities[k + 1], dtype=np.float32)
-        report["structures"][name] = structure_qa(name, masks[name], prob=prob, calibration=calibration)
+    for name in seg.structures:
+        prob, prob_mask = seg.confidence_inputs(name) or (None, None)
+        report["structures"][name] = structure_qa(name, masks[name], prob=prob, prob_mask=prob_mask,
+                                                  calibration=calibration)
     targets = {n: masks[n] for n in ("GTV", "PTV") if n in masks}
     size_flags = target_size_check(targets)
     for name in targets:
@@ -90,7 +89,7 @@ def bundle_calibration(bundle: Any) -> QACalibration | None:
     return QACalibration(a=float(c["a"]), b=float(c["b"])) if c else None
 
 
-def make_segmenter(model: str, *, device: str | None = None, tta: bool = False,
+def make_segmenter(model: str, *, device: str | None = None, tta: bool = False, subvoxel: bool | None = None,
                    calibration: QACalibration | None = None, patient_models: bool = True) -> SeriesSegmenter:
     """A warm segmenter for the service: ``series -> (masks, qa, "name version")``.
 
@@ -99,12 +98,14 @@ def make_segmenter(model: str, *, device: str | None = None, tta: bool = False,
         device: ``cpu``, ``cuda``...; None = CUDA when available.
         tta: test-time augmentation over the plan's allowed flips (the confidence then reflects their
             disagreement).
+        subvoxel: average over the plan grid's half-voxel phases; None = what the model's bundle
+            recommends (:class:`PredictorConfig`).
         calibration: QA confidence calibration; None = the one fitted for the model (its bundle's
             ``meta["qa_calibration"]``), else the package default.
         patient_models: use a patient's kept fine-tuned model (:func:`patient_model_uri`, looked up by the
             series' PatientID) instead of the population model when one exists.
     """
-    config = PredictorConfig(tta=tta, device=device, keep_probabilities=True)
+    config = PredictorConfig(tta=tta, subvoxel=subvoxel, device=device, keep_probabilities=True)
     population = Predictor(model, config=config)
     warm: dict[str, Predictor] = {}
 
@@ -129,6 +130,7 @@ def make_segmenter(model: str, *, device: str | None = None, tta: bool = False,
         qa["calibration"] = "fitted for the model" if calibration is None and cal is not None else (
             "given" if calibration is not None else "package default (not fitted for this model)")
         qa["seconds"] = round(seg.seconds, 3)
+        qa["subvoxel"] = seg.subvoxel
         qa["postprocessing"] = list(seg.notes)
         qa["patient_specific_model"] = predictor is not population
         name = f"{seg.model} {seg.version}".strip()

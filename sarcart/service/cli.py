@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--model", help="segmentation model: shipped name, path or models:/ URI")
     p.add_argument("--device", help="torch device (cpu, cuda)")
     p.add_argument("--tta", action="store_true", default=None, help="test-time augmentation")
+    p.add_argument("--subvoxel", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over the plan grid's half-voxel phases (default: what the model's bundle recommends)")
     p.add_argument("--series-idle-s", type=float, help="seconds without new instances before a series is complete")
     p.add_argument("--courses", type=Path, help="folder of patient courses: series of those patients run the whole "
                    "adaptive pipeline (sarcart adapt) and RTSTRUCT, RTPLAN and RTDOSE are sent")
@@ -40,7 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_service_config(
         args.config, ae_title=args.ae_title, port=args.port, http_port=args.http_port, http_host=args.http_host,
         storage=args.storage, destinations=args.dest, allowed_aets=args.allow_aet, token=args.token,
-        model=args.model, device=args.device, tta=args.tta, series_idle_s=args.series_idle_s,
+        model=args.model, device=args.device, tta=args.tta, subvoxel=args.subvoxel, series_idle_s=args.series_idle_s,
         courses=args.courses, adapt_config=args.adapt_config,
     )
     Service(config).serve_forever()

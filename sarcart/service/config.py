@@ -65,6 +65,8 @@ class ServiceConfig(BaseModel):
     series_idle_s: float = Field(default=5.0, gt=0, le=3600, description="a series is complete after this idle time")
     model: str = Field(default="trufi", description="segmentation model: shipped name, path or models:/ URI")
     tta: bool = Field(default=False, description="test-time augmentation (slower, gives a confidence score)")
+    subvoxel: bool | None = Field(default=None, description="average over the plan grid's half-voxel phases "
+                                  "(4 passes for trufi); null = what the model's bundle recommends")
     device: str = Field(default="cpu", description="torch device for inference")
     send_attempts: int = Field(default=5, ge=1, le=100, description="C-STORE attempts before a dead letter")
     send_backoff_s: float = Field(default=2.0, ge=0, le=600, description="first retry delay, doubled each time")

@@ -27,7 +27,7 @@ def default_segmenter(config: ServiceConfig) -> Segmenter:
     """The segmentation model of the configuration, loaded once and kept warm."""
     from sarcart.inference.service_adapter import make_segmenter
 
-    return make_segmenter(config.model, device=config.device, tta=config.tta)
+    return make_segmenter(config.model, device=config.device, tta=config.tta, subvoxel=config.subvoxel)
 
 
 class Service:

@@ -5,6 +5,13 @@ plan's patch size overlap by ``plan.sliding_window_overlap`` and are blended wit
 weights (MONAI ``sliding_window_inference``). Test-time augmentation averages the softmax over
 every combination of mirrors along the plan's ``flip_axes`` (nnU-Net's mirroring), so it never
 mirrors across an axis that anatomy forbids.
+
+Sub-voxel phases (``subvoxel=True``): the plan grid is coarser than the image (trufi: 3 mm from
+1.5 mm in-plane), so one pass samples each coarse voxel at a single phase and the image's finer voxels
+between coarse centres are only interpolated. Running the network again on grids moved by half a
+plan voxel along each coarsened axis and averaging the probabilities on the image's grid samples the
+anatomy at the image's own resolution (2^k passes for k coarsened axes). It needs no mirroring, so it
+also serves models whose plan forbids every flip.
 """
 
 from __future__ import annotations
@@ -12,16 +19,17 @@ from __future__ import annotations
 import itertools
 import logging
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from sarcart.io.geometry import Volume
+from sarcart.io.geometry import Geometry, Volume
 from sarcart.models.networks import main_output
 from sarcart.models.plan import Plan
-from sarcart.training.preprocess import Prepared, prepare_image, to_original_grid
+from sarcart.training.preprocess import Prepared, prepare_image, reorient_lps, to_original_grid
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,39 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 def flip_sets(axes: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Every subset of ``axes`` (the empty one first): the mirrorings TTA averages over."""
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+@dataclass(frozen=True)
+class PlanGridPrediction:
+    """The unshifted pass on the plan grid: the prepared image and its class probabilities ``(C, *grid.shape)``.
+
+    The QA confidence is computed here, on the grid the network works on, so that it does not depend on
+    the input's resolution or on whether sub-voxel phases were averaged (``docs/qa.md``).
+    """
+
+    prepared: Prepared
+    probs: np.ndarray
+
+
+#: an axis counts as coarsened when the plan spacing is at least this many times the image's
+COARSENED = 1.5
+
+
+def subvoxel_shifts(image_geometry: Geometry, plan: Plan) -> list[tuple[float, float, float]]:
+    """Half-voxel phases of the plan grid along every axis the plan coarsens (the unshifted grid first).
+
+    An axis is coarsened when the plan spacing is at least :data:`COARSENED` times the image's spacing
+    along that LPS axis; k such axes give 2^k shifts (in plan voxels, LPS axis order).
+    """
+    native = Geometry.from_sitk(reorient_lps(image_geometry.reference_image())).spacing_mm
+    axes = [a for a in range(3) if plan.target_spacing_mm[a] >= COARSENED * native[a]]
+    out = []
+    for sub in flip_sets(tuple(axes)):
+        shift = [0.0, 0.0, 0.0]
+        for a in sub:
+            shift[a] = 0.5
+        out.append((shift[0], shift[1], shift[2]))
+    return out
 
 
 @torch.no_grad()
@@ -93,16 +134,32 @@ def predict_volume(
     plan: Plan,
     *,
     tta: bool = False,
+    subvoxel: bool = False,
     sw_batch_size: int = 2,
     amp_dtype: torch.dtype | None = None,
-) -> tuple[np.ndarray, Prepared]:
+) -> tuple[np.ndarray, PlanGridPrediction]:
     """Class probabilities of ``image`` on its own grid.
 
+    Args:
+        tta: average over mirrorings along ``plan.flip_axes``.
+        subvoxel: also average over the plan grid's half-voxel phases (:func:`subvoxel_shifts`).
+
     Returns:
-        ``(probs, prepared)``: float32 ``(C, *image.geometry.shape)`` probabilities and the
-        prepared image on the plan grid.
+        ``(probs, plan_grid)``: float32 ``(C, *image.geometry.shape)`` probabilities, and the prepared
+        image with its probabilities on the unshifted plan grid.
     """
-    prepared = prepare_image(image, plan)
-    probs = sliding_window_probs(network, torch.from_numpy(prepared.array), plan, tta=tta,
-                                 sw_batch_size=sw_batch_size, amp_dtype=amp_dtype)
-    return to_original_grid(probs.cpu().numpy(), prepared.grid, image.geometry), prepared
+    shifts = subvoxel_shifts(image.geometry, plan) if subvoxel else [(0.0, 0.0, 0.0)]
+    first: PlanGridPrediction | None = None
+    total: np.ndarray | None = None
+    for shift in shifts:
+        prepared = prepare_image(image, plan, shift_vox=shift)
+        p = sliding_window_probs(network, torch.from_numpy(prepared.array), plan, tta=tta,
+                                 sw_batch_size=sw_batch_size, amp_dtype=amp_dtype).cpu().numpy()
+        if first is None:
+            first = PlanGridPrediction(prepared, p)
+        back = to_original_grid(p, prepared.grid, image.geometry)
+        total = back if total is None else total + back
+    assert total is not None and first is not None
+    if len(shifts) > 1:
+        total /= len(shifts)
+    return total, first

@@ -42,11 +42,13 @@ def reorient_lps(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, "LPS")
 
 
-def grid_for(geometry: Geometry, spacing_mm: tuple[float, float, float]) -> Geometry:
+def grid_for(geometry: Geometry, spacing_mm: tuple[float, float, float], *,
+             shift_vox: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Geometry:
     """The LPS-aligned grid of ``spacing_mm`` covering the same field of view as ``geometry``.
 
     The field of view (voxel edges) is kept: ``n = round(extent / spacing)`` voxels, centred on
-    the original field of view.
+    the original field of view. ``shift_vox`` moves the whole grid by that fraction of its own voxel
+    along each LPS axis (the sub-voxel phases of :func:`sarcart.training.predict.subvoxel_shifts`).
     """
     ref = reorient_lps(geometry.reference_image())
     g = Geometry.from_sitk(ref)
@@ -56,7 +58,7 @@ def grid_for(geometry: Geometry, spacing_mm: tuple[float, float, float]) -> Geom
     d = g.direction_matrix
     # centre of the field of view stays put
     centre = g.index_to_world((np.asarray(g.shape) - 1) / 2.0)
-    origin = centre - d @ (sp * (n - 1) / 2.0)
+    origin = centre - d @ (sp * (n - 1) / 2.0) + d @ (sp * np.asarray(shift_vox, float))
     return Geometry(shape=tuple(n), spacing_mm=tuple(sp), origin_mm=tuple(origin), direction=g.direction)
 
 
@@ -100,11 +102,13 @@ def normalise(array: np.ndarray, norm: Normalisation) -> tuple[np.ndarray, float
     return ((clipped - float(inside.mean())) / std).astype(np.float32), float(body.mean())
 
 
-def prepare_image(image: Volume, plan: Plan) -> Prepared:
-    """Image -> normalised float32 array on the plan grid (LPS axes, target spacing)."""
+def prepare_image(image: Volume, plan: Plan, *,
+                  shift_vox: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Prepared:
+    """Image -> normalised float32 array on the plan grid (LPS axes, target spacing), optionally
+    moved by ``shift_vox`` plan voxels (see :func:`grid_for`)."""
     if image.array.ndim != 3:
         raise InvalidImageError(f"image must be a scalar 3D volume, got shape {image.array.shape}")
-    grid = grid_for(image.geometry, plan.target_spacing_mm)
+    grid = grid_for(image.geometry, plan.target_spacing_mm, shift_vox=shift_vox)
     arr = resample(image, grid)
     norm, frac = normalise(arr, plan.normalisation)
     return Prepared(array=norm, grid=grid, body_fraction=frac)

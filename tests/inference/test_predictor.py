@@ -34,9 +34,9 @@ def _midpoint(arr: np.ndarray) -> float:
     return float((200.0 - body.mean()) / body.std())
 
 
-def _plan(flip_axes=(0, 1, 2), structures=("GTV",)) -> Plan:
+def _plan(flip_axes=(0, 1, 2), structures=("GTV",), spacing=(2.0, 2.0, 2.0)) -> Plan:
     net = NetworkPlan(name="DynUNet", kernel_size=[(3, 3, 3)] * 2, strides=[(1, 1, 1), (2, 2, 2)], filters=[4, 8])
-    return Plan(task="t", structures=list(structures), target_spacing_mm=(2.0, 2.0, 2.0), patch_size=(16, 16, 16),
+    return Plan(task="t", structures=list(structures), target_spacing_mm=spacing, patch_size=(16, 16, 16),
                 network=net, flip_axes=flip_axes,
                 schedule=Schedule(epochs=1, iterations_per_epoch=1, batch_size=1, est_seconds_per_iteration=0,
                                   est_training_minutes=0))
@@ -135,3 +135,85 @@ def test_a_bundle_can_narrow_the_postprocessing_rules():
     gtv[25, 18, 8] = True
     out, notes = postprocess({"GTV": gtv}, g, single_component=())
     assert out["GTV"].sum() == 601 and not any("removed" in n for n in notes)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+def _ball_image(n: int, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), centre=(23.3, 24.6, 7.8)) -> tuple[Volume, np.ndarray]:
+    """A 14 mm ball (300) in a body (100) imaged at 1 x 1 x 3 mm on an n x n x 16 grid; returns image, ball."""
+    g = Geometry(shape=(n, n, 16), spacing_mm=(1.0, 1.0, 3.0), origin_mm=(0.0, 0.0, 0.0), direction=direction)
+    idx = np.indices(g.shape).astype(float)
+    ball = (idx[0] - centre[0]) ** 2 + (idx[1] - centre[1]) ** 2 + ((idx[2] - centre[2]) * 3) ** 2 <= 14.0 ** 2
+    return Volume(np.where(ball, 300.0, 100.0).astype(np.float32), g), ball
+
+
+@pytest.mark.parametrize(("n", "direction"), [(47, (1, 0, 0, 0, 1, 0, 0, 0, 1)), (48, (-1, 0, 0, 0, 1, 0, 0, 0, 1))])
+def test_subvoxel_phases_recover_what_one_coarse_pass_loses(n, direction):
+    """An ideal (thresholding) network on a 2 mm grid, a ball imaged at 1 x 1 x 3 mm: the truth is the ball itself.
+
+    One pass samples the ball every 2 mm in-plane and the image's 1 mm voxels between coarse centres are
+    only interpolated. With an odd number of image voxels (47) the coarse centres fall on every other image
+    voxel, the ones between get probabilities of exactly 0.5 at the boundary and go to background: the ball
+    comes back about 7 % too small. With an even number (48) the centres fall between image voxels and the
+    boundary is off by up to half a coarse voxel either way. The four half-voxel phases of the 2 mm grid
+    sample every 1 mm voxel, so the ball comes back whole in both cases.
+    """
+    image, ball = _ball_image(n, direction)
+    arr = image.array
+    plan = _plan(flip_axes=(), spacing=(2.0, 2.0, 3.0))
+    bundle = ModelBundle(plan, {}, {"name": "sign", "version": "1"})
+    net = SignNet(_midpoint(arr))
+    one = segment_image(image, bundle, net, config=PredictorConfig(postprocess=False)).mask("GTV").array
+    four = segment_image(image, bundle, net, config=PredictorConfig(postprocess=False, subvoxel=True)).mask("GTV").array
+    if n % 2:
+        assert one.sum() < 0.95 * ball.sum()
+    assert abs(four.sum() / ball.sum() - 1) < 0.01
+    assert _dice(four, ball) > 0.995
+    assert _dice(one, ball) < 0.985
+
+
+@pytest.mark.parametrize("subvoxel", [False, True])
+def test_qa_confidence_is_computed_on_the_plan_grid_whatever_the_input_resolution(subvoxel):
+    """The QA calibration is fitted on images at the plan's spacing (benchmarks/bench_qa_flags.py).
+
+    A 1 mm image and the same image resampled to the plan grid first must give the same raw confidence
+    (the network sees the identical plan-grid image in both cases); on the 1 mm image's own grid the
+    interpolated probabilities would give a lower value, which is what the service computed before.
+    """
+    from sarcart.inference.qa import soft_dice_confidence
+    from sarcart.training.preprocess import grid_for, resample
+
+    fine, _ = _ball_image(48, centre=(24.3, 24.1, 8.0))
+    g = fine.geometry
+    plan = _plan(flip_axes=(), spacing=(2.0, 2.0, 3.0))
+    grid = grid_for(g, plan.target_spacing_mm)
+    coarse = Volume(resample(fine, grid), grid)
+    bundle = ModelBundle(plan, {}, {"name": "sign", "version": "1"})
+    net = SignNet(_midpoint(fine.array))
+    cfg = PredictorConfig(keep_probabilities=True, subvoxel=subvoxel)
+    seg_fine, seg_coarse = segment_image(fine, bundle, net, config=cfg), segment_image(coarse, bundle, net, config=cfg)
+    on_plan = soft_dice_confidence(*seg_fine.confidence_inputs("GTV"))
+    reference = soft_dice_confidence(*seg_coarse.confidence_inputs("GTV"))
+    assert seg_coarse.plan_labels.shape == coarse.array.shape == seg_coarse.labels.array.shape
+    assert on_plan == pytest.approx(reference, abs=1e-3)
+    on_image_grid = soft_dice_confidence(seg_fine.probabilities[1].astype(np.float32), seg_fine.labels.array == 1)
+    assert on_image_grid < on_plan - 0.02
+
+
+def test_the_bundle_recommends_the_phases_and_an_explicit_setting_wins():
+    image, _ = _ball_image(47)
+    plan = _plan(flip_axes=(), spacing=(2.0, 2.0, 3.0))
+    net = SignNet(_midpoint(image.array))
+    plain = ModelBundle(plan, {}, {"name": "sign", "version": "1"})
+    recommends = ModelBundle(plan, {}, {"name": "sign", "version": "1", "inference": {"subvoxel": True}})
+    default_plain = segment_image(image, plain, net)
+    default_rec = segment_image(image, recommends, net)
+    forced_off = segment_image(image, recommends, net, config=PredictorConfig(subvoxel=False))
+    assert (default_plain.subvoxel, default_rec.subvoxel, forced_off.subvoxel) == (False, True, False)
+    # the recommended default is the four-phase result, the forced one the single pass
+    four = segment_image(image, plain, net, config=PredictorConfig(subvoxel=True))
+    assert np.array_equal(default_rec.labels.array, four.labels.array)
+    assert np.array_equal(forced_off.labels.array, default_plain.labels.array)
+    assert not np.array_equal(four.labels.array, default_plain.labels.array)

@@ -106,7 +106,7 @@ def test_a_kept_patient_model_is_preferred_by_patient_id(monkeypatch, bundle_pat
             self.bundle = SimpleNamespace(plan=SimpleNamespace(task="t"))
 
         def __call__(self, image):
-            return SimpleNamespace(seconds=0.0, notes=[], model=self.model, version="", structures=[])
+            return SimpleNamespace(seconds=0.0, notes=[], model=self.model, version="", structures=[], subvoxel=False)
 
     monkeypatch.setattr(sa, "Predictor", FakePredictor)
     seg = make_segmenter(str(bundle_path), device="cpu")

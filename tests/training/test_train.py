@@ -156,6 +156,7 @@ def test_segment_cli_on_a_dicom_series_writes_labels_masks_and_rtstruct(setup, m
     assert 2 * (gtv & truth).sum() / (gtv.sum() + truth.sum()) > 0.6
     info = json.loads((out / "segmentation.json").read_text())
     assert info["version"] == "1" and info["volumes_cc"]["GTV"] == pytest.approx(gtv.sum() * 2 * 2 * 3 / 1000)
+    assert info["subvoxel"] is False  # the tiny bundle recommends no sub-voxel phases
 
 
 def test_evaluate_cli_matches_a_direct_computation(setup, tmp_path):

@@ -4,8 +4,10 @@ Per structure:
 
 * **confidence** — self-consistency of the model's probabilities with its own mask, the soft Dice
   2·Σ(p·m) / (Σp + Σm) over the structure's neighbourhood (p = the structure's probability, averaged
-  over test-time augmentations when TTA is on; m = the final mask). Diffuse or disagreeing
-  probabilities give low values. A logistic calibration fitted on validation cases (``QACalibration``)
+  over test-time augmentations when TTA is on; m = the mask). The predictor supplies both on the
+  network's plan grid (``Segmentation.confidence_inputs``: the unshifted pass and the mask the same
+  post-processing makes there), where the calibration was fitted, whatever the input's resolution.
+  Diffuse or disagreeing probabilities give low values. A logistic calibration fitted on validation cases (``QACalibration``)
   turns it into P(good contour), good meaning HD95 ≤ 5 mm against the reference.
 * **volume change** against the previous approved contour of the same structure.
 * **field-of-view edge**: the mask touches the border of the image (the structure may be cut off).

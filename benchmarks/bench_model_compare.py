@@ -6,7 +6,8 @@
 
 ``--data`` is a datalist or a folder of sub-cohort folders that each hold one (the frozen ``trufi`` test
 cohort: ``snr06 snr10 snr20 snr40 band20``). Every image is segmented at its own resolution by the deployed
-predictor (post-processing on, TTA as the plan allows) and scored by
+predictor (post-processing on, TTA as the plan allows; sub-voxel phases for the models named by ``--subvoxel``,
+a single pass for the others, whatever their bundles recommend) and scored by
 :func:`sarcart.training.evaluation.evaluate_cases` — MONAI Dice, HD95, mean surface distance, surface Dice at
 2 mm, organs at risk also inside the 3 cm ring around PTV = GTV + 3 mm. Rows go to ``OUT/rows.csv`` after
 every image, so an interrupted run resumes where it stopped.

@@ -6,6 +6,12 @@ is the nearest folder above the working directory holding ``pyproject.toml`` or 
 working directory itself otherwise). ``MLFLOW_TRACKING_URI`` overrides everything.
 
 No patient identifiers go to MLflow: pass them through :func:`hash_id` first.
+
+Several processes may open the same fresh SQLite store at once (cross-validation folds started
+together, one per core or as a SLURM array): MLflow creates the database schema on first use and two
+processes doing so at the same time fail with ``table ... already exists``. :func:`configure` therefore
+creates the schema, and :func:`experiment_id` the experiment, under an exclusive lock on
+``<store>/mlflow.db.lock`` (``fcntl.flock``; on a shared file system it needs working POSIX locks).
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from sarcart.errors import ConfigError
 
@@ -23,6 +31,7 @@ log = logging.getLogger(__name__)
 
 STORE_DIRNAME = "mlruns"
 _HASH_SALT = "sarcart-v1"
+_READY: set[str] = set()  # SQLite URIs whose schema this process has already seen created
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -66,14 +75,43 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Exclusive inter-process lock for a SQLite store (``<db>.lock``); a no-op for other stores."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock, the race stays possible
+        yield
+        return
+    lock = Path(uri[len("sqlite:///"):] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def configure(store: str | os.PathLike[str] | None = None) -> str:
-    """Point MLflow at the resolved store and return its URI."""
+    """Point MLflow at the resolved store and return its URI.
+
+    A SQLite store's schema is created here, once per process and under :func:`store_lock`, so that
+    processes opening the same fresh store together do not race to create its tables.
+    """
     import mlflow
 
     uri = tracking_uri(store)
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         mlflow.set_registry_uri(uri)
+        if uri not in _READY:
+            with store_lock(uri):
+                mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            _READY.add(uri)
     return uri
 
 
@@ -85,12 +123,13 @@ def experiment_id(name: str, store: str | os.PathLike[str] | None = None) -> str
         raise ConfigError(f"experiment name must be non-empty, got {name!r}")
     uri = configure(store)
     client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    root = artifact_root(uri)
-    location = f"{root}/{name}" if root else None
-    return client.create_experiment(name, artifact_location=location)
+    with store_lock(uri):  # two processes must not both create it
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        root = artifact_root(uri)
+        location = f"{root}/{name}" if root else None
+        return client.create_experiment(name, artifact_location=location)
 
 
 def hash_id(value: str, *, length: int = 12) -> str:

@@ -5,7 +5,8 @@ seed 912001, patient SYN-RP-001 — never seen in the population training), rege
 (fx00, fx01, fx02) because the frozen cohort stores only fx00/fx01; written once to
 ``mlruns/datasets/finetune_bench/snr20``. The population model is fine-tuned on fx00 + fx01 (their labels as the
 stand-in for approved contours) and both models are scored on fx02 (raw networks, no TTA, no post-processing,
-on the image's own grid). The patient model is registered in a temporary MLflow store unless ``--store``.
+on the image's own grid, over the sub-voxel phases when the population bundle recommends them, as `trufi` 3.1
+does). The patient model is registered in a temporary MLflow store unless ``--store``.
 
 Run:  .venv/bin/python benchmarks/bench_finetune.py [--model trufi] [--patient-dir DIR] [--epochs 6]
           [--iterations 10] [--lr 2e-4] [--threads 2] [--device cpu|cuda] [--repeats 1]

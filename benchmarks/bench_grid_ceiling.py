@@ -34,9 +34,7 @@ def main() -> None:
     from sarcart.training.predict import subvoxel_shifts
     from sarcart.training.preprocess import grid_for, prepare_labels, to_original_grid
 
-    class _Plan:
-        target_spacing_mm = tuple(args.spacing)
-
+    spacing = tuple(args.spacing)
     data = load_datalist(args.data)
     structures = list(data["structures"])
     entries = data["training"][:: args.every]
@@ -49,11 +47,11 @@ def main() -> None:
             if s in ref:
                 index[ref[s]] = k
         indexed = vol.with_array(index)
-        shifts = subvoxel_shifts(vol.geometry, _Plan())  # type: ignore[arg-type]
+        shifts = subvoxel_shifts(vol.geometry, spacing)
         for mode, use in (("one pass", shifts[:1]), ("sub-voxel phases", shifts)):
             total = None
             for shift in use:
-                grid = grid_for(vol.geometry, _Plan.target_spacing_mm, shift_vox=shift)
+                grid = grid_for(vol.geometry, spacing, shift_vox=shift)
                 coarse = prepare_labels(indexed, grid)
                 onehot = np.stack([(coarse == k).astype(np.float32) for k in range(len(structures) + 1)])
                 back = to_original_grid(onehot, grid, vol.geometry)

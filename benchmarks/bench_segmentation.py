@@ -130,7 +130,7 @@ def bench_inference(plan: Plan, device: str, *, repeats: int, tta: bool, subvoxe
     stages: dict[str, list[float]] = {"prepare": [], "sliding window": [], "to input grid": [], "post-process": []}
     with torch.no_grad():  # warm-up on one patch
         net(torch.zeros(1, 1, *plan.patch_size, device=device))
-    shifts = subvoxel_shifts(image.geometry, plan) if subvoxel else [(0.0, 0.0, 0.0)]
+    shifts = subvoxel_shifts(image.geometry, plan.target_spacing_mm) if subvoxel else [(0.0, 0.0, 0.0)]
     for _ in range(repeats):
         spent = dict.fromkeys(stages, 0.0)
         back = None
@@ -208,7 +208,7 @@ def inference_table(args: argparse.Namespace) -> None:
     grid = Geometry(shape=(267, 267, 144), spacing_mm=(1.5, 1.5, 3.0), origin_mm=(0.0, 0.0, 0.0))
     for task in ("gtv-t1", "trufi"):
         plan = _plan(task)
-        phases = len(subvoxel_shifts(grid, plan))
+        phases = len(subvoxel_shifts(grid, plan.target_spacing_mm))
         for tta, subvoxel in ((False, False), (True, False), (False, True)):
             if (tta and not plan.flip_axes) or (subvoxel and phases == 1):
                 continue

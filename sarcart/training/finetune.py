@@ -236,7 +236,10 @@ def fine_tune(bundle: ModelBundle, entries: list[dict], config: FinetuneConfig, 
 def score_model(bundle: ModelBundle, fit: list[dict], holdout: dict, *, device: str = "cpu") -> tuple[float, pd.DataFrame]:
     """Loss on the fine-tuning fractions and metrics on the held-out fraction (raw network, image grid).
 
-    The loss is the training loss (soft Dice over the foreground classes + cross-entropy, MONAI
+    The network runs as the bundle says it is deployed: over the plan grid's sub-voxel phases when its
+    meta recommends them (:func:`sarcart.inference.predictor.bundle_subvoxel`; the patient model
+    inherits the population model's meta, so both are scored the same way), else in one pass. The
+    loss is the training loss (soft Dice over the foreground classes + cross-entropy, MONAI
     ``DiceCELoss``) of the whole-image sliding-window probabilities, averaged over ``fit``.
 
     Returns:
@@ -245,16 +248,18 @@ def score_model(bundle: ModelBundle, fit: list[dict], holdout: dict, *, device: 
     import torch
     from monai.losses import DiceCELoss
 
+    from sarcart.inference.predictor import bundle_subvoxel
     from sarcart.training.metrics import score_case
     from sarcart.training.predict import predict_volume
 
     net = bundle.network(device)
+    subvoxel = bundle_subvoxel(bundle)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     structures = list(bundle.plan.structures)
     losses, rows = [], []
     for e in [*fit, holdout]:
         image = read_nifti(e["image"])
-        probs, _ = predict_volume(net, image, bundle.plan)
+        probs, _ = predict_volume(net, image, bundle.plan, subvoxel=subvoxel)
         labels = read_labels(e["label"])[0].array.astype(np.int64)
         if e is holdout:
             arg = np.argmax(probs, axis=0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -61,14 +62,19 @@ class PlanGridPrediction:
 COARSENED = 1.5
 
 
-def subvoxel_shifts(image_geometry: Geometry, plan: Plan) -> list[tuple[float, float, float]]:
+def subvoxel_shifts(
+    image_geometry: Geometry, target_spacing_mm: Sequence[float]
+) -> list[tuple[float, float, float]]:
     """Half-voxel phases of the plan grid along every axis the plan coarsens (the unshifted grid first).
 
-    An axis is coarsened when the plan spacing is at least :data:`COARSENED` times the image's spacing
-    along that LPS axis; k such axes give 2^k shifts (in plan voxels, LPS axis order).
+    An axis is coarsened when the plan spacing ``target_spacing_mm`` (LPS order, as
+    ``Plan.target_spacing_mm``) is at least :data:`COARSENED` times the image's spacing along that LPS
+    axis; k such axes give 2^k shifts (in plan voxels, LPS axis order).
     """
+    if len(target_spacing_mm) != 3:
+        raise ValueError(f"target_spacing_mm needs 3 values (LPS x, y, z in mm), got {tuple(target_spacing_mm)}")
     native = Geometry.from_sitk(reorient_lps(image_geometry.reference_image())).spacing_mm
-    axes = [a for a in range(3) if plan.target_spacing_mm[a] >= COARSENED * native[a]]
+    axes = [a for a in range(3) if float(target_spacing_mm[a]) >= COARSENED * native[a]]
     out = []
     for sub in flip_sets(tuple(axes)):
         shift = [0.0, 0.0, 0.0]
@@ -148,7 +154,7 @@ def predict_volume(
         ``(probs, plan_grid)``: float32 ``(C, *image.geometry.shape)`` probabilities, and the prepared
         image with its probabilities on the unshifted plan grid.
     """
-    shifts = subvoxel_shifts(image.geometry, plan) if subvoxel else [(0.0, 0.0, 0.0)]
+    shifts = subvoxel_shifts(image.geometry, plan.target_spacing_mm) if subvoxel else [(0.0, 0.0, 0.0)]
     first: PlanGridPrediction | None = None
     total: np.ndarray | None = None
     for shift in shifts:

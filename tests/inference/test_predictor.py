@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
+from known_answer import SignNet, ball_image, dice, midpoint
 
 from sarcart.inference.postprocess import fill_holes, largest_component, postprocess, split_kidneys
 from sarcart.inference.predictor import PredictorConfig, segment_image
@@ -13,25 +12,6 @@ from sarcart.io.geometry import Geometry, Volume
 from sarcart.models.bundle import ModelBundle
 from sarcart.models.plan import NetworkPlan, Plan, Schedule
 from sarcart.training.predict import flip_sets
-
-
-class SignNet(nn.Module):
-    """Known answer: class 1 where the normalised image is above ``offset`` (logits +-10 (x - offset))."""
-
-    def __init__(self, offset: float = 0.0) -> None:
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(1))
-        self.offset = offset
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = 10 * (x - self.offset)
-        return torch.cat([-y, y], dim=1) + 0 * self.dummy
-
-
-def _midpoint(arr: np.ndarray) -> float:
-    """Normalised value of the 100/300 midpoint: z-score over the body (> 5 % of the 99th percentile)."""
-    body = arr[arr > 0.05 * np.percentile(arr, 99)]
-    return float((200.0 - body.mean()) / body.std())
 
 
 def _plan(flip_axes=(0, 1, 2), structures=("GTV",), spacing=(2.0, 2.0, 2.0)) -> Plan:
@@ -57,7 +37,7 @@ def _cube_image(direction):
 def test_segmentation_comes_back_on_the_input_grid(direction):
     image, box = _cube_image(direction)
     bundle = ModelBundle(_plan(), {}, {"name": "sign", "version": "7"})
-    net = SignNet(_midpoint(image.array))
+    net = SignNet(midpoint(image.array))
     seg = segment_image(image, bundle, net, config=PredictorConfig(device="cpu", keep_probabilities=True))
     assert seg.labels.geometry == image.geometry and seg.model == "sign" and seg.version == "7"
     got = seg.labels.array == 1
@@ -137,18 +117,6 @@ def test_a_bundle_can_narrow_the_postprocessing_rules():
     assert out["GTV"].sum() == 601 and not any("removed" in n for n in notes)
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
-
-
-def _ball_image(n: int, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), centre=(23.3, 24.6, 7.8)) -> tuple[Volume, np.ndarray]:
-    """A 14 mm ball (300) in a body (100) imaged at 1 x 1 x 3 mm on an n x n x 16 grid; returns image, ball."""
-    g = Geometry(shape=(n, n, 16), spacing_mm=(1.0, 1.0, 3.0), origin_mm=(0.0, 0.0, 0.0), direction=direction)
-    idx = np.indices(g.shape).astype(float)
-    ball = (idx[0] - centre[0]) ** 2 + (idx[1] - centre[1]) ** 2 + ((idx[2] - centre[2]) * 3) ** 2 <= 14.0 ** 2
-    return Volume(np.where(ball, 300.0, 100.0).astype(np.float32), g), ball
-
-
 @pytest.mark.parametrize(("n", "direction"), [(47, (1, 0, 0, 0, 1, 0, 0, 0, 1)), (48, (-1, 0, 0, 0, 1, 0, 0, 0, 1))])
 def test_subvoxel_phases_recover_what_one_coarse_pass_loses(n, direction):
     """An ideal (thresholding) network on a 2 mm grid, a ball imaged at 1 x 1 x 3 mm: the truth is the ball itself.
@@ -160,18 +128,18 @@ def test_subvoxel_phases_recover_what_one_coarse_pass_loses(n, direction):
     boundary is off by up to half a coarse voxel either way. The four half-voxel phases of the 2 mm grid
     sample every 1 mm voxel, so the ball comes back whole in both cases.
     """
-    image, ball = _ball_image(n, direction)
+    image, ball = ball_image(n, direction)
     arr = image.array
     plan = _plan(flip_axes=(), spacing=(2.0, 2.0, 3.0))
     bundle = ModelBundle(plan, {}, {"name": "sign", "version": "1"})
-    net = SignNet(_midpoint(arr))
+    net = SignNet(midpoint(arr))
     one = segment_image(image, bundle, net, config=PredictorConfig(postprocess=False)).mask("GTV").array
     four = segment_image(image, bundle, net, config=PredictorConfig(postprocess=False, subvoxel=True)).mask("GTV").array
     if n % 2:
         assert one.sum() < 0.95 * ball.sum()
     assert abs(four.sum() / ball.sum() - 1) < 0.01
-    assert _dice(four, ball) > 0.995
-    assert _dice(one, ball) < 0.985
+    assert dice(four, ball) > 0.995
+    assert dice(one, ball) < 0.985
 
 
 @pytest.mark.parametrize("subvoxel", [False, True])
@@ -185,13 +153,13 @@ def test_qa_confidence_is_computed_on_the_plan_grid_whatever_the_input_resolutio
     from sarcart.inference.qa import soft_dice_confidence
     from sarcart.training.preprocess import grid_for, resample
 
-    fine, _ = _ball_image(48, centre=(24.3, 24.1, 8.0))
+    fine, _ = ball_image(48, centre=(24.3, 24.1, 8.0))
     g = fine.geometry
     plan = _plan(flip_axes=(), spacing=(2.0, 2.0, 3.0))
     grid = grid_for(g, plan.target_spacing_mm)
     coarse = Volume(resample(fine, grid), grid)
     bundle = ModelBundle(plan, {}, {"name": "sign", "version": "1"})
-    net = SignNet(_midpoint(fine.array))
+    net = SignNet(midpoint(fine.array))
     cfg = PredictorConfig(keep_probabilities=True, subvoxel=subvoxel)
     seg_fine, seg_coarse = segment_image(fine, bundle, net, config=cfg), segment_image(coarse, bundle, net, config=cfg)
     on_plan = soft_dice_confidence(*seg_fine.confidence_inputs("GTV"))
@@ -203,9 +171,9 @@ def test_qa_confidence_is_computed_on_the_plan_grid_whatever_the_input_resolutio
 
 
 def test_the_bundle_recommends_the_phases_and_an_explicit_setting_wins():
-    image, _ = _ball_image(47)
+    image, _ = ball_image(47)
     plan = _plan(flip_axes=(), spacing=(2.0, 2.0, 3.0))
-    net = SignNet(_midpoint(image.array))
+    net = SignNet(midpoint(image.array))
     plain = ModelBundle(plan, {}, {"name": "sign", "version": "1"})
     recommends = ModelBundle(plan, {}, {"name": "sign", "version": "1", "inference": {"subvoxel": True}})
     default_plain = segment_image(image, plain, net)

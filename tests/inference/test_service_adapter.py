@@ -6,26 +6,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
+from known_answer import SignNet, midpoint
 
 from sarcart.inference.service_adapter import make_segmenter
 from sarcart.io.geometry import Geometry, Volume
 from sarcart.models.bundle import ModelBundle, save_bundle
 from sarcart.models.plan import NetworkPlan, Plan, Schedule
-
-
-class SignNet(nn.Module):
-    """Class 1 where the normalised image is above ``offset``; ``gain`` sets how crisp the probabilities are."""
-
-    def __init__(self, offset: float, gain: float) -> None:
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(1))  # the predictor reads the device from the parameters
-        self.offset, self.gain = offset, gain
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.gain * (x - self.offset)
-        return torch.cat([-y, y], dim=1) + 0 * self.dummy
 
 
 def _image(box: tuple[slice, slice, slice], direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> tuple[Volume, np.ndarray]:
@@ -36,11 +22,6 @@ def _image(box: tuple[slice, slice, slice], direction=(1, 0, 0, 0, 1, 0, 0, 0, 1
     m[box] = True
     arr[m] = 300.0
     return Volume(arr, g), m
-
-
-def _offset(arr: np.ndarray) -> float:
-    body = arr[arr > 0.05 * np.percentile(arr, 99)]  # the plan's z-score over the body
-    return float((200.0 - body.mean()) / body.std())
 
 
 @pytest.fixture()
@@ -60,7 +41,7 @@ def _segmenter(monkeypatch, path, offset: float, gain: float):
 
 def test_masks_match_the_known_answer_and_crisp_output_is_confident(monkeypatch, bundle_path):
     image, box = _image((slice(12, 26), slice(10, 24), slice(5, 11)))
-    seg = _segmenter(monkeypatch, bundle_path, _offset(image.array), gain=10.0)
+    seg = _segmenter(monkeypatch, bundle_path, midpoint(image.array), gain=10.0)
     masks, qa, model = seg(SimpleNamespace(volume=image, series_uid="1.2.3"))
     got = masks["GTV"].array
     assert masks["GTV"].geometry == image.geometry and model == "sign 3"
@@ -74,7 +55,7 @@ def test_masks_match_the_known_answer_and_crisp_output_is_confident(monkeypatch,
 def test_diffuse_probabilities_edge_contact_and_sagittal_input_are_flagged(monkeypatch, bundle_path):
     # the box reaches the image border, the network is unsure (gain 0.3: p stays near 0.5 around the edge)
     image, box = _image((slice(0, 14), slice(10, 24), slice(5, 11)))
-    seg = _segmenter(monkeypatch, bundle_path, _offset(image.array), gain=0.3)
+    seg = _segmenter(monkeypatch, bundle_path, midpoint(image.array), gain=0.3)
     masks, qa, _ = seg(SimpleNamespace(volume=image))
     q = qa["structures"]["GTV"]
     # p near 0.5 in the band around the mask: soft Dice 2Σpm/(Σp+Σm) falls well below the crisp case (~1)
@@ -130,7 +111,7 @@ def test_the_model_s_fitted_calibration_is_used(monkeypatch, tmp_path):
     path = save_bundle(ModelBundle(plan, {}, {"name": "sign", "qa_calibration": {"a": 10.0, "b": -5.0}}),
                        tmp_path / "cal.pt")
     assert load_bundle(path).meta["qa_calibration"]["a"] == 10.0
-    seg = _segmenter(monkeypatch, path, _offset(image.array), gain=1.0)
+    seg = _segmenter(monkeypatch, path, midpoint(image.array), gain=1.0)
     _, qa, _ = seg(SimpleNamespace(volume=image))
     q = qa["structures"]["GTV"]
     assert q["confidence"] == pytest.approx(1.0 / (1.0 + math.exp(-(10.0 * q["confidence_raw"] - 5.0))))

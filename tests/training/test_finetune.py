@@ -182,6 +182,35 @@ def test_kept_only_when_not_worse_and_the_alias_moves_only_then(setup, tmp_path)
     assert run.data.metrics["fit_loss_population"] == pytest.approx(bad.loss_before)
 
 
+def test_the_keep_rule_scores_the_models_as_deployed_with_the_bundles_sub_voxel_phases(tmp_path, monkeypatch):
+    """A thresholding network on a 14 mm ball at 1 x 1 x 3 mm and a 2 x 2 x 3 mm plan: one pass loses the
+    ball's boundary voxels between coarse centres (Dice < 0.985), the four phases recover it (> 0.995,
+    tests/inference/test_predictor.py). score_model must give the four-phase Dice exactly when the bundle
+    recommends the phases, which is how the service would run that model."""
+    from known_answer import SignNet, ball_image, dice, midpoint
+
+    from sarcart.training.finetune import score_model
+
+    image, ball = ball_image(47)
+    write_nifti(image, tmp_path / "image.nii.gz")
+    write_labels(image.with_array(ball.astype(np.uint8)), SPEC, tmp_path / "labels.nii.gz")
+    holdout = {"case": "fx02", "image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "labels.nii.gz")}
+    monkeypatch.setattr(ModelBundle, "network", lambda self, device=None: SignNet(midpoint(image.array)).eval())
+    plan = _tiny_plan()
+    dices = {}
+    for rec in (False, True):
+        bundle = ModelBundle(plan, {}, {"name": "sign", "inference": {"subvoxel": rec}})
+        _, table = score_model(bundle, [], holdout)
+        dices[rec] = float(table.set_index("structure").loc["GTV", "dice"])
+    assert dices[False] < 0.985 and dices[True] > 0.995, dices
+    # the same numbers as thresholding the predictor's own probabilities, one pass and four phases
+    from sarcart.training.predict import predict_volume
+
+    for rec in (False, True):
+        probs, _ = predict_volume(SignNet(midpoint(image.array)), image, plan, subvoxel=rec)
+        assert dices[rec] == pytest.approx(dice(probs.argmax(0) == 1, ball), abs=1e-6)
+
+
 def test_cli_rejects_a_holdout_used_for_fine_tuning(setup, tmp_path, capsys):
     from sarcart.cli import main
 

@@ -36,17 +36,16 @@ def test_a_shifted_grid_moves_by_that_fraction_of_its_voxel_along_lps():
 def test_subvoxel_shifts_cover_the_axes_the_plan_coarsens_in_lps_order():
     from sarcart.training.predict import subvoxel_shifts
 
-    class _P:  # only the target spacing is read
-        target_spacing_mm = (3.0, 3.0, 3.0)
-
     # array i along -x at 1.0 mm, j along +z at 1.5 mm, k along +y at 3.0 mm: LPS spacing (1.0, 3.0, 1.5),
     # so x (3x) and z (2x) are coarsened and y (1x) is not
     g = _geom(direction=(-1, 0, 0, 0, 0, 1, 0, 1, 0))
-    shifts = subvoxel_shifts(g, _P())  # type: ignore[arg-type]
+    shifts = subvoxel_shifts(g, (3.0, 3.0, 3.0))
     assert shifts[0] == (0.0, 0.0, 0.0)
     assert sorted(shifts) == [(0.0, 0.0, 0.0), (0.0, 0.0, 0.5), (0.5, 0.0, 0.0), (0.5, 0.0, 0.5)]
-    _P.target_spacing_mm = (1.2, 3.0, 1.5)  # nothing coarsened 1.5x or more: a single pass
-    assert subvoxel_shifts(g, _P()) == [(0.0, 0.0, 0.0)]  # type: ignore[arg-type]
+    # nothing coarsened 1.5x or more: a single pass
+    assert subvoxel_shifts(g, (1.2, 3.0, 1.5)) == [(0.0, 0.0, 0.0)]
+    with pytest.raises(ValueError, match="3 values"):
+        subvoxel_shifts(g, (3.0, 3.0))
 
 
 def test_resampling_a_flipped_image_puts_patient_left_at_high_index():

@@ -111,6 +111,28 @@ def equipment(ds: Dataset) -> None:
     ds.InstitutionName = ""
 
 
+def new_series_object(sop_class_uid: str, *, modality: str, kind: str, patient: PatientStudy,
+                      series_number: int, series_description: str, frame_of_reference_uid: str,
+                      uid_seed: str | None = None, sop_instance_uid: str | None = None) -> Dataset:
+    """A one-instance object in a series of its own (RTSTRUCT, RTPLAN, RTDOSE): SOP Common, Patient,
+    General Study, General Series, Frame of Reference and General Equipment attributes.
+
+    UIDs come from ``uid_seed`` when given (``<kind>`` for the instance, ``<kind>-series`` for the
+    series; reproducible cohorts), else fresh; ``sop_instance_uid`` overrides the instance UID.
+    """
+    sop = sop_instance_uid or (make_uid(uid_seed, kind) if uid_seed else make_uid())
+    ds = new_dataset(sop_class_uid, sop)
+    patient.apply(ds)
+    equipment(ds)
+    ds.Modality = modality
+    ds.SeriesInstanceUID = make_uid(uid_seed, f"{kind}-series") if uid_seed else make_uid()
+    ds.SeriesNumber = int(series_number)
+    ds.SeriesDescription = series_description[:64]
+    ds.FrameOfReferenceUID = frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    return ds
+
+
 def save_dataset(ds: Dataset, path: Path) -> None:
     """Write ``ds`` as a DICOM Part 10 file, atomically (temp file, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)

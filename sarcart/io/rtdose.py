@@ -23,7 +23,7 @@ from pydicom.sequence import Sequence
 import sarcart
 from sarcart.errors import InvalidDicomError, InvalidImageError
 from sarcart.io.dicom_series import RTSTRUCT_STORAGE
-from sarcart.io.dicom_write import PatientStudy, equipment, make_uid, new_dataset, save_dataset
+from sarcart.io.dicom_write import PatientStudy, new_series_object, save_dataset
 from sarcart.io.geometry import Geometry, Volume
 
 RTDOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
@@ -138,16 +138,9 @@ def write_rtdose(dose: Volume, path: str | os.PathLike[str], *, frame_of_referen
     g = dose.geometry
     scale = float(a.max()) / (2 ** 32 - 1) if a.max() > 0 else 1.0
     stored = np.round(a / scale).astype(np.uint32)
-    sop = make_uid(uid_seed, "rtdose") if uid_seed else make_uid()
-    ds = new_dataset(RTDOSE_STORAGE, sop)
-    (patient or PatientStudy()).apply(ds)
-    equipment(ds)
-    ds.Modality = "RTDOSE"
-    ds.SeriesInstanceUID = make_uid(uid_seed, "rtdose-series") if uid_seed else make_uid()
-    ds.SeriesNumber = 900
-    ds.SeriesDescription = "sarcart dose"
-    ds.FrameOfReferenceUID = frame_of_reference_uid
-    ds.PositionReferenceIndicator = ""
+    ds = new_series_object(RTDOSE_STORAGE, modality="RTDOSE", kind="rtdose", patient=patient or PatientStudy(),
+                           series_number=900, series_description="sarcart dose",
+                           frame_of_reference_uid=frame_of_reference_uid, uid_seed=uid_seed)
     ds.InstanceNumber = 1
     d = g.direction_matrix
     ds.ImagePositionPatient = [f"{v:.6f}" for v in g.origin_mm]

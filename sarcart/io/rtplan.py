@@ -26,7 +26,7 @@ from pydicom.sequence import Sequence
 import sarcart
 from sarcart.errors import InvalidDicomError
 from sarcart.io.dicom_series import RTSTRUCT_STORAGE
-from sarcart.io.dicom_write import PatientStudy, equipment, make_uid, new_dataset, save_dataset
+from sarcart.io.dicom_write import PatientStudy, make_uid, new_series_object, save_dataset
 from sarcart.io.rtdose import RTPLAN_STORAGE
 
 
@@ -150,17 +150,12 @@ def write_rtplan(plan: RtPlan, path: str | os.PathLike[str], *, patient: Patient
     """
     if not plan.beams or any(len(b.control_points) < 2 for b in plan.beams):
         raise InvalidDicomError("an RTPLAN needs at least one beam with two or more control points")
-    sop = plan.sop_instance_uid or (make_uid(uid_seed, "rtplan") if uid_seed else make_uid())
-    ds = new_dataset(RTPLAN_STORAGE, sop)
-    (patient or PatientStudy()).apply(ds)
-    equipment(ds)
-    ds.Modality = "RTPLAN"
-    ds.SeriesInstanceUID = make_uid(uid_seed, "rtplan-series") if uid_seed else make_uid()
-    ds.SeriesNumber = 901
-    ds.SeriesDescription = "sarcart plan"
+    ds = new_series_object(RTPLAN_STORAGE, modality="RTPLAN", kind="rtplan", patient=patient or PatientStudy(),
+                           series_number=901, series_description="sarcart plan",
+                           frame_of_reference_uid=plan.frame_of_reference_uid or make_uid(), uid_seed=uid_seed,
+                           sop_instance_uid=plan.sop_instance_uid)
+    sop = str(ds.SOPInstanceUID)
     ds.OperatorsName = ""
-    ds.FrameOfReferenceUID = plan.frame_of_reference_uid or make_uid()
-    ds.PositionReferenceIndicator = ""
     ds.RTPlanLabel = plan.label[:16]
     ds.RTPlanName = plan.label[:64]
     ds.RTPlanDescription = plan.description[:1024]

@@ -12,13 +12,13 @@ from typing import Mapping
 import numpy as np
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 
 import sarcart
 from sarcart.errors import GeometryMismatchError, InvalidImageError
 from sarcart.io.dicom_series import RTSTRUCT_STORAGE, DicomSeries
-from sarcart.io.dicom_write import PatientStudy, equipment, make_uid, new_dataset, save_dataset
+from sarcart.io.dicom_write import PatientStudy, new_series_object, save_dataset
 from sarcart.io.geometry import Volume
 from sarcart.io.rtstruct import mask_to_contours
 from sarcart.io.structures import STYLE
@@ -105,18 +105,12 @@ def write_rtstruct(
     """
     arrays = _check_masks(masks, series)
     styles = styles or {}
-    seed = uid_seed
-    ds = new_dataset(RTSTRUCT_STORAGE, make_uid(seed, "rtstruct") if seed else make_uid())
-    PatientStudy.from_dataset(series.header).apply(ds)
-    equipment(ds)
+    ds = new_series_object(RTSTRUCT_STORAGE, modality="RTSTRUCT", kind="rtstruct",
+                           patient=PatientStudy.from_dataset(series.header), series_number=series_number,
+                           series_description=f"{label} structures",
+                           frame_of_reference_uid=series.frame_of_reference_uid, uid_seed=uid_seed)
     now = _dt.datetime.now()
-    ds.Modality = "RTSTRUCT"
-    ds.SeriesInstanceUID = make_uid(seed, "rtstruct-series") if seed else make_uid()
-    ds.SeriesNumber = int(series_number)
-    ds.SeriesDescription = f"{label} structures"[:64]
     ds.OperatorsName = ""
-    ds.FrameOfReferenceUID = series.frame_of_reference_uid
-    ds.PositionReferenceIndicator = ""
     ds.StructureSetLabel = label[:16]
     ds.StructureSetName = label[:64]
     ds.StructureSetDescription = (f"{description} | " if description else "") + sarcart.NOT_FOR_CLINICAL_USE

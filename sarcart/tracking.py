@@ -77,8 +77,9 @@ def artifact_root(uri: str) -> str | None:
 
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """Exclusive inter-process lock for a SQLite store (``<db>.lock``); a no-op for other stores."""
-    if not uri.startswith("sqlite:///"):
+    """Exclusive inter-process lock for a SQLite store (``<db>.lock``); a no-op for other stores and
+    for an in-memory database (``sqlite:///:memory:``, private to its process)."""
+    if not uri.startswith("sqlite:///") or uri[len("sqlite:///"):] in ("", ":memory:"):
         yield
         return
     try:

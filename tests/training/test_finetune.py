@@ -190,6 +190,7 @@ def test_the_keep_rule_scores_the_models_as_deployed_with_the_bundles_sub_voxel_
     from known_answer import SignNet, ball_image, dice, midpoint
 
     from sarcart.training.finetune import score_model
+    from sarcart.training.predict import predict_volume
 
     image, ball = ball_image(47)
     write_nifti(image, tmp_path / "image.nii.gz")
@@ -204,8 +205,6 @@ def test_the_keep_rule_scores_the_models_as_deployed_with_the_bundles_sub_voxel_
         dices[rec] = float(table.set_index("structure").loc["GTV", "dice"])
     assert dices[False] < 0.985 and dices[True] > 0.995, dices
     # the same numbers as thresholding the predictor's own probabilities, one pass and four phases
-    from sarcart.training.predict import predict_volume
-
     for rec in (False, True):
         probs, _ = predict_volume(SignNet(midpoint(image.array)), image, plan, subvoxel=rec)
         assert dices[rec] == pytest.approx(dice(probs.argmax(0) == 1, ball), abs=1e-6)

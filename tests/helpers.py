@@ -19,12 +19,32 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+#: what the ``--version`` output of a package's programs contains; pynetdicom 3 installs Python apps with
+#: DCMTK's names (storescp, storescu) into the virtual environment's bin/, which comes first on PATH once the
+#: environment is activated, and they take other options
+VERSION_MARKER = {"dcmtk": "dcmtk"}
+
+
 def require_tool(name: str, package: str) -> str:
-    """Full path of an external program, or skip naming the Debian package that provides it."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} not found: install the Debian package {package} (make test does so as root)")
-    return path
+    """Full path of the Debian package's external program, or skip naming the package that provides it.
+
+    Every ``name`` on PATH is tried in order; for a package in :data:`VERSION_MARKER` the first whose
+    ``--version`` output names the package wins (not a same-named program of another origin).
+    """
+    import os
+    import subprocess
+
+    marker = VERSION_MARKER.get(package)
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = shutil.which(name, path=folder)
+        if path is None:
+            continue
+        if marker is None:
+            return path
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+        if marker in (out.stdout + out.stderr).lower():
+            return path
+    pytest.skip(f"{name} of {package} not found: install the Debian package {package} (make test does so as root)")
 
 
 def synth_patients(out: Path, *, patients: int = 1, seed: int = 0, fractions: int = 1,

@@ -41,7 +41,7 @@ def require_tool(name: str, package: str) -> str:
             continue
         if marker is None:
             return path
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False)
         if marker in (out.stdout + out.stderr).lower():
             return path
     pytest.skip(f"{name} of {package} not found: install the Debian package {package} (make test does so as root)")

@@ -89,6 +89,16 @@ def bundle_calibration(bundle: Any) -> QACalibration | None:
     return QACalibration(a=float(c["a"]), b=float(c["b"])) if c else None
 
 
+def patient_structures(bundle: Any, structures: list[str]) -> list[str]:
+    """The structures a patient model is used for: its bundle's ``meta["patient_structures"]`` (written by
+    ``sarcart finetune``'s per-structure rule) in the order of ``structures``; all of ``structures`` when
+    the meta has none (patient models kept by the earlier all-or-nothing rule)."""
+    chosen = dict(getattr(bundle, "meta", {}) or {}).get("patient_structures")
+    if chosen is None:
+        return list(structures)
+    return [s for s in structures if s in set(chosen)]
+
+
 def make_segmenter(model: str, *, device: str | None = None, tta: bool = False, subvoxel: bool | None = None,
                    calibration: QACalibration | None = None, patient_models: bool = True) -> SeriesSegmenter:
     """A warm segmenter for the service: ``series -> (masks, qa, "name version")``.
@@ -103,7 +113,9 @@ def make_segmenter(model: str, *, device: str | None = None, tta: bool = False, 
         calibration: QA confidence calibration; None = the one fitted for the model (its bundle's
             ``meta["qa_calibration"]``), else the package default.
         patient_models: use a patient's kept fine-tuned model (:func:`patient_model_uri`, looked up by the
-            series' PatientID) instead of the population model when one exists.
+            series' PatientID) when one exists, for the structures it was kept for
+            (:func:`patient_structures`); the population model draws the others, and each structure's QA
+            (``qa["structures"][name]["model"]``) names the model that drew it.
     """
     config = PredictorConfig(tta=tta, subvoxel=subvoxel, device=device, keep_probabilities=True)
     population = Predictor(model, config=config)
@@ -120,9 +132,7 @@ def make_segmenter(model: str, *, device: str | None = None, tta: bool = False, 
             log.info("patient-specific model %s loaded for patient %s", uri, tracking.hash_id(pid))
         return warm[uri]
 
-    def segment(series: Any) -> tuple[dict[str, Volume], dict[str, Any], str]:
-        image = series.volume
-        predictor = choose(series)
+    def run(predictor: Predictor, image: Volume) -> tuple[dict[str, Volume], dict[str, Any], str]:
         seg = predictor(image)
         masks = {n: seg.mask(n) for n in seg.structures}
         cal = calibration or bundle_calibration(predictor.bundle)
@@ -132,10 +142,40 @@ def make_segmenter(model: str, *, device: str | None = None, tta: bool = False, 
         qa["seconds"] = round(seg.seconds, 3)
         qa["subvoxel"] = seg.subvoxel
         qa["postprocessing"] = list(seg.notes)
-        qa["patient_specific_model"] = predictor is not population
         name = f"{seg.model} {seg.version}".strip()
+        for q in qa.get("structures", {}).values():
+            q["model"] = name
+        return masks, qa, name
+
+    def segment(series: Any) -> tuple[dict[str, Volume], dict[str, Any], str]:
+        image = series.volume
+        predictor = choose(series)
+        masks, qa, name = run(predictor, image)
+        qa["patient_specific_model"] = predictor is not population
+        if predictor is not population:
+            mine = patient_structures(predictor.bundle, population.structures)
+            qa["patient_model_structures"] = mine
+            if mine != list(population.structures):
+                masks, qa, name = merge(run(population, image), (masks, qa, name), mine)
         log.info("segmented %s with %s in %.1f s; flagged: %s", getattr(series, "series_uid", "series"),
-                 name, seg.seconds, qa["flagged"] or "none")
+                 name, qa["seconds"], qa["flagged"] or "none")
         return masks, qa, name
 
     return segment
+
+
+def merge(population: tuple[dict[str, Volume], dict[str, Any], str],
+          patient: tuple[dict[str, Volume], dict[str, Any], str],
+          chosen: list[str]) -> tuple[dict[str, Volume], dict[str, Any], str]:
+    """One output from two models: the ``chosen`` structures from the patient model, the rest from the
+    population model, each with its own QA; the image checks and the timing cover both runs."""
+    (pop_masks, pop_qa, pop_name), (pat_masks, pat_qa, pat_name) = population, patient
+    masks = {n: (pat_masks if n in chosen else pop_masks)[n] for n in pop_masks}
+    per = {n: (pat_qa if n in chosen else pop_qa).get("structures", {}).get(n, {}) for n in pop_masks}
+    qa = {**pat_qa, "structures": per}
+    qa["flagged"] = sorted(n for n, q in per.items() if q.get("flags"))
+    qa["seconds"] = round(float(pop_qa.get("seconds", 0.0)) + float(pat_qa.get("seconds", 0.0)), 3)
+    qa["patient_specific_model"] = bool(chosen)
+    qa["patient_model_structures"] = list(chosen)
+    name = f"{pat_name} ({', '.join(chosen)}) + {pop_name}" if chosen else pop_name
+    return masks, qa, name

@@ -60,7 +60,8 @@ class SegmentationPipeline:
         qa = {**qa, "model": model, "notice": sarcart.NOT_FOR_CLINICAL_USE}
         (out_dir / "qa.json").write_text(json.dumps(qa, indent=1, default=str))
         per = qa.get("structures", {})
-        styles = {n: qa_style(n, per.get(n, {}), model) for n in masks}
+        # each ROI names the model that drew it (a kept patient model may draw only some structures)
+        styles = {n: qa_style(n, per.get(n, {}), per.get(n, {}).get("model", model)) for n in masks}
         rs = write_rtstruct(masks, series, out_dir / "rtstruct.dcm", label="sarcart auto",
                             description=f"auto-contours by {model}", styles=styles)
         flagged = sorted(n for n in masks if per.get(n, {}).get("flags"))

@@ -57,7 +57,8 @@ def _int_list(value: str) -> list[int]:
 
 def _register_finetune(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     f = sub.add_parser("finetune", help="fine-tune the population model on a patient's approved fractions; "
-                       "keep it only if not worse on a held-out fraction")
+                       "use it for the structures where it is not worse on a held-out fraction "
+                       "(per_structure: false in --config: all or nothing)")
     f.add_argument("--patient-dir", required=True, type=Path, help="the patient's course folder (course.yaml, fxNN/)")
     f.add_argument("--model", required=True, help="population model: shipped name, bundle path or MLflow URI")
     f.add_argument("--fractions", type=_int_list, help="fractions to fine-tune on, e.g. 1,2 (default: every approved "
@@ -173,6 +174,8 @@ def _finetune(args: argparse.Namespace) -> int:
     con.print(tab)
     con.print(f"fine-tuning {res.finetune_seconds:.0f} s, scoring {res.eval_seconds:.0f} s; loss on the "
               f"fine-tuning fractions {res.loss_before:.4f} -> {res.loss_after:.4f}")
-    verdict = "KEPT (alias champion)" if res.kept else "REJECTED (alias unchanged)"
+    rest = [r["structure"] for r in res.comparison.to_dict("records") if r["structure"] not in res.structures]
+    verdict = ("REJECTED (alias unchanged)" if not res.kept else "KEPT (alias champion)" if not rest else
+               f"KEPT (alias champion) for {', '.join(res.structures)}; the population model keeps {', '.join(rest)}")
     con.print(f"{res.name} v{res.version or '-'}: {verdict}; outputs in {res.out_dir}")
     return 0

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from known_answer import SignNet, midpoint
+import torch
+from known_answer import SignNet, dice, midpoint
 
 from sarcart.inference.service_adapter import make_segmenter
 from sarcart.io.geometry import Geometry, Volume
@@ -85,6 +86,7 @@ def test_a_kept_patient_model_is_preferred_by_patient_id(monkeypatch, bundle_pat
             built.append(str(model))
             self.model = str(model)
             self.bundle = SimpleNamespace(plan=SimpleNamespace(task="t"))
+            self.structures = ["GTV"]
 
         def __call__(self, image):
             return SimpleNamespace(seconds=0.0, notes=[], model=self.model, version="", structures=[], subvoxel=False)
@@ -122,3 +124,70 @@ def test_the_model_s_fitted_calibration_is_used(monkeypatch, tmp_path):
     shipped = load_bundle(resolve_model("trufi")).meta["qa_calibration"]
     # flags below a raw confidence of 0.90-0.96 (v1 0.896, v2 0.938, v3 0.956: better models are surer)
     assert shipped["a"] > 0 and 0.85 < -shipped["b"] / shipped["a"] < 0.98
+
+
+class WindowNet(torch.nn.Module):
+    """Class k (GTV, BOWEL) where the normalised intensity lies within ``width`` of ``centres[k]``
+    (logit gain (width - |x - c|) against a background logit of 0); a centre of None: never that class."""
+
+    def __init__(self, centres: tuple[float | None, ...], width: float, gain: float = 20.0) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.centres, self.width, self.gain = centres, width, gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = [torch.zeros_like(x)] + [self.gain * (self.width - (x - c).abs()) if c is not None
+                                       else torch.full_like(x, -1e3) for c in self.centres]
+        return torch.cat(out, dim=1) + 0 * self.dummy
+
+
+def test_a_patient_model_kept_for_some_structures_draws_only_those(monkeypatch, tmp_path):
+    """Per-structure keep rule (sarcart finetune): the patient model was kept for the GTV only. Here it finds
+    the GTV but misses the bowel, the population model the other way round; the service's output must be
+    right on both, with each structure's QA naming the model that drew it."""
+    import sarcart.inference.service_adapter as sa
+
+    g = Geometry(shape=(40, 36, 16), spacing_mm=(2.0, 2.0, 3.0), origin_mm=(0.0, 0.0, 0.0))
+    arr = np.zeros(g.shape, np.float32)
+    arr[2:38, 2:34, 1:15] = 100.0
+    gtv, bowel = np.zeros(g.shape, bool), np.zeros(g.shape, bool)
+    gtv[6:16, 8:20, 4:10], bowel[22:34, 14:28, 5:12] = True, True
+    arr[gtv], arr[bowel] = 300.0, 500.0
+    body = arr[arr > 0.05 * np.percentile(arr, 99)]  # the predictor's z-score (tests/known_answer.py)
+    level = {v: float((v - body.mean()) / body.std()) for v in (100.0, 300.0, 500.0)}
+    half_gap = (level[300.0] - level[100.0]) / 2  # the three levels are equally spaced
+    nets = {"population": WindowNet((None, level[500.0]), half_gap),  # finds the bowel, misses the GTV
+            "patient": WindowNet((level[300.0], None), half_gap)}  # the other way round
+    monkeypatch.setattr(ModelBundle, "network", lambda self, device=None: nets[self.meta["name"]].eval())
+    net = NetworkPlan(name="DynUNet", kernel_size=[(3, 3, 3)] * 2, strides=[(1, 1, 1), (2, 2, 2)], filters=[4, 8])
+    plan = Plan(task="t", structures=["GTV", "BOWEL"], target_spacing_mm=(2.0, 2.0, 3.0), patch_size=(16, 16, 16),
+                network=net, flip_axes=(), training_profile={"median_spacing_mm": [2.0, 2.0, 3.0]},
+                schedule=Schedule(epochs=1, iterations_per_epoch=1, batch_size=1, est_seconds_per_iteration=0,
+                                  est_training_minutes=0))
+    pop = save_bundle(ModelBundle(plan, {}, {"name": "population", "version": "3"}), tmp_path / "pop.pt")
+    pat = save_bundle(ModelBundle(plan, {}, {"name": "patient", "version": "", "patient_structures": ["GTV"]}),
+                      tmp_path / "pat.pt")
+    # PAT-9's patient model was kept by the earlier all-or-nothing rule: no patient_structures in its meta
+    pat_all = save_bundle(ModelBundle(plan, {}, {"name": "patient", "version": "1"}), tmp_path / "pat_all.pt")
+    uris = {"PAT-7": str(pat), "PAT-9": str(pat_all)}
+    monkeypatch.setattr(sa, "patient_model_uri", lambda task, pid, **kw: uris.get(pid))
+    seg = make_segmenter(str(pop), device="cpu")
+
+    def dices(masks):
+        return {n: dice(masks[n].array, ref) if masks[n].array.any() else 0.0
+                for n, ref in (("GTV", gtv), ("BOWEL", bowel))}
+
+    masks, qa, model = seg(SimpleNamespace(volume=Volume(arr, g), header={"PatientID": "PAT-8"}))
+    assert dices(masks)["GTV"] == 0.0 and dices(masks)["BOWEL"] > 0.95  # population alone
+    assert not qa["patient_specific_model"] and model == "population 3"
+    masks, qa, model = seg(SimpleNamespace(volume=Volume(arr, g), header={"PatientID": "PAT-7"}))
+    assert min(dices(masks).values()) > 0.95, dices(masks)  # merged: right on both
+    assert qa["patient_specific_model"] and qa["patient_model_structures"] == ["GTV"]
+    assert {n: q["model"] for n, q in qa["structures"].items()} == {"GTV": "patient", "BOWEL": "population 3"}
+    assert model == "patient (GTV) + population 3" and qa["flagged"] == sorted(
+        n for n, q in qa["structures"].items() if q["flags"])
+    masks, qa, model = seg(SimpleNamespace(volume=Volume(arr, g), header={"PatientID": "PAT-9"}))
+    assert dices(masks)["GTV"] > 0.95 and dices(masks)["BOWEL"] == 0.0  # the patient model draws everything
+    assert qa["patient_model_structures"] == ["GTV", "BOWEL"] and model == "patient 1"
+    assert sa.patient_structures(ModelBundle(plan, {}, {"patient_structures": ["BOWEL"]}), plan.structures) == [
+        "BOWEL"]

@@ -25,6 +25,7 @@ from sarcart.training.finetune import (
     finetune,
     model_name,
     patient_model,
+    patient_structures,
 )
 from sarcart.training.toy import toy_case, write_toy_dataset
 
@@ -121,6 +122,25 @@ def test_default_tolerances_forgive_the_metrics_resolution_and_nothing_more():
     assert not compare(pop, _table([0.895, 0.75], [3.0, 4.2], ("KIDNEY_L", "GTV")), **tol)[0]
 
 
+def test_per_structure_choice_takes_the_patient_model_where_it_is_not_worse():
+    # the measured case with trufi 3.1 (BENCHMARKS.md): GTV much better, KIDNEY_L surface Dice 0.913 -> 0.891
+    names = ["GTV", "BOWEL", "KIDNEY_L", "KIDNEY_R"]
+    pop = _table([0.420, 0.90, 0.913, 0.907], [12.1, 3.0, 3.0, 4.0], names)
+    pat = _table([0.704, 0.91, 0.891, 0.929], [4.2, 3.0, 3.0, 4.0], names)
+    keep, t = compare(pop, pat, sdice_tolerance=0.01, hd95_tolerance_mm=1.5)
+    assert not keep  # all-or-nothing: rejected
+    assert patient_structures(t, names) == ["GTV", "BOWEL", "KIDNEY_R"]
+    assert patient_structures(t, names, per_structure=False) == []
+    # all not worse: every structure either way, also one the held-out fraction could not score
+    absent = _table([0.8, np.nan], [4.0, np.nan], ("GTV", "BOWEL"))
+    _, t = compare(absent, _table([0.9, np.nan], [3.0, np.nan], ("GTV", "BOWEL")))
+    assert patient_structures(t, ["GTV", "BOWEL"], per_structure=False) == ["GTV", "BOWEL"]
+    assert patient_structures(t, ["GTV", "BOWEL"]) == ["GTV"]  # no evidence for BOWEL: the population keeps it
+    # nothing scored: nothing is taken from the patient model
+    _, t = compare(_table([np.nan], [np.nan], ["GTV"]), _table([np.nan], [np.nan], ["GTV"]))
+    assert patient_structures(t, ["GTV"]) == [] and patient_structures(t, ["GTV"], per_structure=False) == []
+
+
 def test_fraction_choice_never_fine_tunes_on_the_held_out_fraction():
     assert choose_fractions([0, 1, 2]) == ([0, 1], 2)
     assert choose_fractions([0, 1, 2, 3], fractions=[1, 2]) == ([1, 2], 3)
@@ -154,7 +174,8 @@ def test_kept_only_when_not_worse_and_the_alias_moves_only_then(setup, tmp_path)
     assert good.loss_after < 0.7 * good.loss_before, (good.loss_before, good.loss_after)
     row = good.comparison.set_index("structure").loc["GTV"]
     assert row["surface_dice_2mm_patient"] > row["surface_dice_2mm_population"] + 0.2, row.to_dict()
-    assert good.kept and good.version == "1"
+    assert good.kept and good.version == "1" and good.structures == ["GTV"]
+    assert load_bundle(good.bundle_path).meta["patient_structures"] == ["GTV"]
     assert patient_model(patient, "tiny", store=store) == f"models:/{name}/1"
     # the table's held-out HD95 is what an independent scoring of the saved bundle gives
     ref = read_labels(patient / "fx02" / "labels.nii.gz")[0]
@@ -172,10 +193,12 @@ def test_kept_only_when_not_worse_and_the_alias_moves_only_then(setup, tmp_path)
     assert bad.sources["fx00"] == "approved/masks" and "labels" in bad.sources["fx02"]
     r1 = bad.comparison.set_index("structure").loc["GTV"]
     assert r1["hd95_mm_population"] == pytest.approx(row["hd95_mm_patient"], abs=1e-4)  # the baseline is v1
-    assert not bad.kept and bad.version == "2" and not bad.comparison["not_worse"].all()
+    assert not bad.kept and bad.version == "2" and not bad.comparison["not_worse"].all() and bad.structures == []
     client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(store))
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"  # the alias did not move
     assert client.get_model_version(name, "2").tags["decision"] == "rejected"
+    assert client.get_model_version(name, "2").tags["structures"] == "none"
+    assert client.get_model_version(name, "1").tags["structures"] == "GTV"
     assert patient_model(bad_dir, "tiny", store=store) == f"models:/{name}/1"
     run = client.get_run(bad.run_id)
     assert "TOY-PAT-7" not in str(run.data.params) + str(run.data.tags)  # hashed patient id only

@@ -78,6 +78,14 @@ class TrainerConfig(_Frozen):
     checkpoint_every_epochs: int = Field(default=1, ge=1)
 
 
+class InferenceConfig(_Frozen):
+    """How the trained model should be run, written to its bundle (``meta["inference"]``); the predictor,
+    the service, the validation scoring and the champion comparison follow it."""
+
+    subvoxel: bool = Field(default=False, description="average over the plan grid's half-voxel phases "
+                           "(docs/training.md §6); choose it on validation data, as trufi 3.1 was")
+
+
 class TrainConfig(_Frozen):
     """One training experiment. ``fold``: the validation fold (``all``: train on every case)."""
 
@@ -93,6 +101,7 @@ class TrainConfig(_Frozen):
     augment: AugmentConfig = AugmentConfig()
     data: DataConfig = DataConfig()
     trainer: TrainerConfig = TrainerConfig()
+    inference: InferenceConfig = InferenceConfig()
 
     @property
     def experiment_name(self) -> str:

@@ -75,13 +75,16 @@ def plan_for(config: TrainConfig, *, show_progress: bool = True) -> tuple[Plan, 
 
 
 def segmenter_for(bundle: ModelBundle, device: str = "cpu") -> Any:
-    """Raw network segmenter (no post-processing): ``Volume -> {structure: mask}`` on the image grid."""
+    """Raw network segmenter (no post-processing): ``Volume -> {structure: mask}`` on the image grid, over
+    the sub-voxel phases when the bundle recommends them (as the predictor runs it)."""
+    from sarcart.inference.predictor import bundle_subvoxel
     from sarcart.training.predict import predict_volume
 
     net = bundle.network(device)
+    subvoxel = bundle_subvoxel(bundle)
 
     def segment(image: Any) -> dict[str, np.ndarray]:
-        probs, _ = predict_volume(net, image, bundle.plan)
+        probs, _ = predict_volume(net, image, bundle.plan, subvoxel=subvoxel)
         labels = np.argmax(probs, axis=0)
         return {s: labels == k for k, s in enumerate(bundle.plan.structures, start=1)}
 
@@ -183,7 +186,8 @@ def train(config: TrainConfig, *, store: str | os.PathLike[str] | None = None, r
     if not trainer.is_global_zero:
         return result
     meta = {"name": config.task, "task": config.task, "fold": config.fold, "structures": plan.structures,
-            "n_train_cases": len(train_e), "train_seconds": round(seconds, 1), "mlflow_run_id": run_id}
+            "n_train_cases": len(train_e), "train_seconds": round(seconds, 1), "mlflow_run_id": run_id,
+            "inference": config.inference.model_dump()}
     result.bundle_path = save_bundle(ModelBundle(plan, module.net.state_dict(), meta), run_dir / "bundle.pt")
     if val_e:
         result.validation = _validate(result.bundle_path, val_e, plan.structures, show_progress=show_progress)

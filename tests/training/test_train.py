@@ -240,3 +240,43 @@ def test_cross_validation_report_pools_the_folds(setup, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     dice = next(m for m in summary["metrics"] if m["metric"] == "dice" and m["region"] == "all")
     assert dice["mean"] == pytest.approx(fold0.dice.mean(), abs=1e-4)
+
+
+def test_a_config_s_inference_block_reaches_the_bundle_and_the_validation_scores(tmp_path):
+    """`inference: {subvoxel: true}`: the bundle recommends the phases (so the registry's model runs as the
+    shipped trufi 3.1 does) and the run's validation table is the phase-averaged network's Dice, computed
+    here directly; images at 1 x 1 x 3 mm under the tiny plan's 2 x 2 x 3 mm grid, so there are 4 phases."""
+    import pandas as pd
+    import torch
+
+    from sarcart.io.labels import read_labels
+    from sarcart.io.nifti import read_nifti
+    from sarcart.models.bundle import load_bundle
+    from sarcart.training.predict import predict_volume, subvoxel_shifts
+
+    torch.set_num_threads(2)
+    write_toy_dataset(tmp_path / "toy", 6, seed=5, shape=(64, 64, 16), spacing_mm=(1.0, 1.0, 3.0))
+    rep = build_dataset(tmp_path / "toy", tmp_path / "set", structures=["GTV"], n_folds=3, seed=0)
+    cfg = tmp_path / "sv.yaml"
+    cfg.write_text((tracking.project_root() / TINY).read_text() + "inference:\n  subvoxel: true\n")
+    assert main(["train", "--config", str(cfg), "--datalist", str(rep.datalist), "--output-dir", str(tmp_path / "r"),
+                 "--store", str(tmp_path / "mlruns"), "--fold", "0", "--no-register"]) == 0
+    run = tmp_path / "r" / "tiny" / "fold0"
+    bundle = load_bundle(run / "bundle.pt")
+    assert bundle.meta["inference"] == {"subvoxel": True}
+    table = pd.read_csv(run / "validation.csv").query("region == 'all'")
+    net = bundle.network("cpu")
+    entries = [e for e in json.loads(rep.datalist.read_text())["training"] if e["fold"] == 0]
+    one_pass_differs = False
+    for e in entries:
+        image = read_nifti(rep.datalist.parent / e["image"])
+        ref = read_labels(rep.datalist.parent / e["label"])[0].array == 1
+        assert len(subvoxel_shifts(image.geometry, bundle.plan.target_spacing_mm)) == 4
+        dices = {}
+        for sv in (True, False):
+            got = np.argmax(predict_volume(net, image, bundle.plan, subvoxel=sv)[0], axis=0) == 1
+            dices[sv] = 2 * (got & ref).sum() / (got.sum() + ref.sum())
+        row = table[table.case == tracking.hash_id(e["case"])]
+        assert float(row.dice.iloc[0]) == pytest.approx(dices[True], abs=1e-4)
+        one_pass_differs |= abs(dices[True] - dices[False]) > 1e-4
+    assert one_pass_differs  # the table is the phases' score, not one pass's

@@ -121,7 +121,7 @@ def _as_deployed(patient: Path, model: str, res, device: str) -> None:  # type: 
     import pandas as pd
 
     from sarcart.inference.predictor import Predictor, PredictorConfig, bundle_subvoxel
-    from sarcart.inference.service_adapter import patient_structures
+    from sarcart.inference.service_adapter import merge, patient_structures
     from sarcart.io.course import load_course
     from sarcart.io.nifti import read_nifti
     from sarcart.training.finetune import approved_masks
@@ -143,7 +143,7 @@ def _as_deployed(patient: Path, model: str, res, device: str) -> None:  # type: 
         image = read_nifti(fractions[k].image)
         truth = {s: m for s, m in approved_masks(fractions[k], image)[0].items() if m.any()}
         a, b = pop.masks(image), pat.masks(image)
-        both = {s: (b if s in chosen else a)[s] for s in a}
+        both = merge((a, {}, "population"), (b, {}, "patient"), chosen)[0]  # the service's combination
         t = {who: pd.DataFrame(score_case(m, truth, image.geometry.spacing_mm)).query("region == 'all'")
              .set_index("structure") for who, m in (("pop", a), ("pat", b), ("svc", both))}
         for s in pop.structures:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def shared_path(*parts: str) -> Path:
 VERSION_MARKER = {"dcmtk": "dcmtk"}
 
 
+@functools.cache
 def require_tool(name: str, package: str) -> str:
     """Full path of the Debian package's external program, or skip naming the package that provides it.
 

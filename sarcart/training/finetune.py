@@ -284,7 +284,7 @@ def score_model(bundle: ModelBundle, fit: list[dict], holdout: dict, *, device: 
     return float(np.mean(losses)) if losses else float("nan"), pd.DataFrame(rows)
 
 
-def patient_structures(table: pd.DataFrame, structures: list[str], *, per_structure: bool = True) -> list[str]:
+def choose_structures(table: pd.DataFrame, structures: list[str], *, per_structure: bool = True) -> list[str]:
     """The structures a patient model is used for, from :func:`compare`'s table.
 
     Per structure: those scored on the held-out fraction and not worse there (an unscored structure has no
@@ -292,9 +292,9 @@ def patient_structures(table: pd.DataFrame, structures: list[str], *, per_struct
     scored one is not worse and at least one was scored, else none. The order is ``structures``' (the
     plan's).
     """
-    rows = table.set_index("structure") if len(table) else pd.DataFrame(columns=["scored", "not_worse"])
-    scored = [s for s in structures if s in rows.index and bool(rows.at[s, "scored"])]
-    good = [s for s in scored if bool(rows.at[s, "not_worse"])]
+    verdict = {r["structure"]: (bool(r["scored"]), bool(r["not_worse"])) for r in table.to_dict("records")}
+    scored = [s for s in structures if verdict.get(s, (False, False))[0]]
+    good = [s for s in scored if verdict[s][1]]
     if per_structure:
         return good
     return list(structures) if scored and len(good) == len(scored) else []
@@ -429,7 +429,7 @@ def finetune(
     loss_after, pat_table = score_model(patient, fit if cfg.fit_loss else [], hold, device=dev)
     _, table = compare(pop_table, pat_table, sdice_tolerance=cfg.sdice_tolerance,
                        hd95_tolerance_mm=cfg.hd95_tolerance_mm)
-    used = patient_structures(table, population.plan.structures, per_structure=cfg.per_structure)
+    used = choose_structures(table, population.plan.structures, per_structure=cfg.per_structure)
     res = FinetuneResult(
         name=name, kept=bool(used), structures=used, comparison=table, sources=sources,
         fit_fractions=[int(e["case"][2:]) for e in fit],
@@ -506,5 +506,5 @@ def patient_model(patient_dir: str | os.PathLike[str], task: str, *,
     return f"models:/{mv.name}/{mv.version}" if mv is not None else None
 
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "approved_masks", "choose_fractions", "compare", "fine_tune",
-           "finetune", "model_name", "patient_key", "patient_model", "patient_structures", "score_model"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "approved_masks", "choose_fractions", "choose_structures", "compare",
+           "fine_tune", "finetune", "model_name", "patient_key", "patient_model", "score_model"]

@@ -20,12 +20,12 @@ from sarcart.training.dataset import build_dataset, load_datalist
 from sarcart.training.finetune import (
     FinetuneConfig,
     choose_fractions,
+    choose_structures,
     compare,
     fine_tune,
     finetune,
     model_name,
     patient_model,
-    patient_structures,
 )
 from sarcart.training.toy import toy_case, write_toy_dataset
 
@@ -129,16 +129,16 @@ def test_per_structure_choice_takes_the_patient_model_where_it_is_not_worse():
     pat = _table([0.704, 0.91, 0.891, 0.929], [4.2, 3.0, 3.0, 4.0], names)
     keep, t = compare(pop, pat, sdice_tolerance=0.01, hd95_tolerance_mm=1.5)
     assert not keep  # all-or-nothing: rejected
-    assert patient_structures(t, names) == ["GTV", "BOWEL", "KIDNEY_R"]
-    assert patient_structures(t, names, per_structure=False) == []
+    assert choose_structures(t, names) == ["GTV", "BOWEL", "KIDNEY_R"]
+    assert choose_structures(t, names, per_structure=False) == []
     # all not worse: every structure either way, also one the held-out fraction could not score
     absent = _table([0.8, np.nan], [4.0, np.nan], ("GTV", "BOWEL"))
     _, t = compare(absent, _table([0.9, np.nan], [3.0, np.nan], ("GTV", "BOWEL")))
-    assert patient_structures(t, ["GTV", "BOWEL"], per_structure=False) == ["GTV", "BOWEL"]
-    assert patient_structures(t, ["GTV", "BOWEL"]) == ["GTV"]  # no evidence for BOWEL: the population keeps it
+    assert choose_structures(t, ["GTV", "BOWEL"], per_structure=False) == ["GTV", "BOWEL"]
+    assert choose_structures(t, ["GTV", "BOWEL"]) == ["GTV"]  # no evidence for BOWEL: the population keeps it
     # nothing scored: nothing is taken from the patient model
     _, t = compare(_table([np.nan], [np.nan], ["GTV"]), _table([np.nan], [np.nan], ["GTV"]))
-    assert patient_structures(t, ["GTV"]) == [] and patient_structures(t, ["GTV"], per_structure=False) == []
+    assert choose_structures(t, ["GTV"]) == [] and choose_structures(t, ["GTV"], per_structure=False) == []
 
 
 def test_fraction_choice_never_fine_tunes_on_the_held_out_fraction():

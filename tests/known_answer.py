@@ -28,6 +28,21 @@ class SignNet(nn.Module):
         return torch.cat([-y, y], dim=1) + 0 * self.dummy
 
 
+class WindowNet(nn.Module):
+    """Class k (GTV, BOWEL) where the normalised intensity lies within ``width`` of ``centres[k]``
+    (logit gain (width - |x - c|) against a background logit of 0); a centre of None: never that class."""
+
+    def __init__(self, centres: tuple[float | None, ...], width: float, gain: float = 20.0) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.centres, self.width, self.gain = centres, width, gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = [torch.zeros_like(x)] + [self.gain * (self.width - (x - c).abs()) if c is not None
+                                       else torch.full_like(x, -1e3) for c in self.centres]
+        return torch.cat(out, dim=1) + 0 * self.dummy
+
+
 def midpoint(arr: np.ndarray) -> float:
     """Normalised value of the 100/300 midpoint: z-score over the body (> 5 % of the 99th percentile)."""
     body = arr[arr > 0.05 * np.percentile(arr, 99)]

@@ -161,21 +161,26 @@ def _finetune(args: argparse.Namespace) -> int:
     con = Console()
     for fx, src in res.sources.items():
         con.print(f"{fx}: approved contours from {src}")
-    tab = Table(title=f"held-out fx{res.holdout:02d}: population vs patient model (fine-tuned on "
-                f"{', '.join(f'fx{i:02d}' for i in res.fit_fractions)})")
-    for col in ("structure", "Dice pop", "Dice pat", "sDice2mm pop", "sDice2mm pat", "HD95 pop (mm)",
-                "HD95 pat (mm)", "not worse"):
+    bases = list(dict.fromkeys(res.comparison["baseline"])) if len(res.comparison) else [str(args.model)]
+    tab = Table(title=f"held-out fx{res.holdout:02d}: {bases[0] if len(bases) == 1 else 'the deployed models'} "
+                f"vs the new patient model (fine-tuned on {', '.join(f'fx{i:02d}' for i in res.fit_fractions)})")
+    for col in ("structure", *(["baseline"] if len(bases) > 1 else []), "Dice base", "Dice new", "sDice2mm base",
+                "sDice2mm new", "HD95 base (mm)", "HD95 new (mm)", "not worse"):
         tab.add_column(col)
     for r in res.comparison.to_dict("records"):
-        tab.add_row(r["structure"], *[f"{r[f'{m}_{w}']:.3f}" for m in ("dice", "surface_dice_2mm")
+        tab.add_row(r["structure"], *([r["baseline"]] if len(bases) > 1 else []),
+                    *[f"{r[f'{m}_{w}']:.3f}" for m in ("dice", "surface_dice_2mm")
                                       for w in ("population", "patient")],
                     f"{r['hd95_mm_population']:.1f}", f"{r['hd95_mm_patient']:.1f}",
                     ("yes" if r["not_worse"] else "NO") if r["scored"] else "not scored")
     con.print(tab)
-    con.print(f"fine-tuning {res.finetune_seconds:.0f} s, scoring {res.eval_seconds:.0f} s; loss on the "
-              f"fine-tuning fractions {res.loss_before:.4f} -> {res.loss_after:.4f}")
+    loss = (f"; loss on the fine-tuning fractions {res.loss_before:.4f} -> {res.loss_after:.4f}"
+            if cfg.fit_loss else "")
+    con.print(f"fine-tuning {res.finetune_seconds:.0f} s, scoring {res.eval_seconds:.0f} s{loss}")
     rest = [r["structure"] for r in res.comparison.to_dict("records") if r["structure"] not in res.structures]
-    verdict = ("REJECTED (alias unchanged)" if not res.kept else "KEPT (alias champion)" if not rest else
-               f"KEPT (alias champion) for {', '.join(res.structures)}; the population model keeps {', '.join(rest)}")
+    alias = "alias champion" if res.version else "not registered"
+    verdict = (f"REJECTED ({'alias unchanged' if res.version else 'not registered'})" if not res.kept else
+               f"KEPT ({alias})" if not rest else
+               f"KEPT ({alias}) for {', '.join(res.structures)}; the population model keeps {', '.join(rest)}")
     con.print(f"{res.name} v{res.version or '-'}: {verdict}; outputs in {res.out_dir}")
     return 0

@@ -14,6 +14,13 @@ patient bundle; the service merges the two outputs). The model receives the alia
 is used for at least one structure. With ``per_structure: false`` the rule is all-or-nothing: every
 scored structure must be not worse. The comparison table is written either way.
 
+The baseline is what the service would run without the new model. Fine-tuning from the population model, that
+is the population model. Fine-tuning further from a patient model (``--model models:/sarcart-<task>-patient-
+<hash>@champion``), it is that patient model for the structures it was used for and its population model
+(``meta["population_model"]``) for the others: a structure the service took from the population model is
+compared with the population model, not with the patient model that was not used for it. The table's column
+``baseline`` names the model per structure.
+
 Approved contours of a fraction, first found wins: ``approved/masks/<NAME>.nii.gz`` (the review
 page), ``approved/rtstruct.dcm``, in a synthetic course ``labels.nii.gz`` as the stand-in for
 approved contours, and fx00's planning ``rtstruct.dcm``. Which one was used is reported per
@@ -74,8 +81,9 @@ class FinetuneConfig(BaseModel):
     hd95_tolerance_mm: float = Field(default=1.5, ge=0)
     per_structure: bool = Field(default=True, description="use the patient model for the structures where it is "
                                 "not worse and the population model for the others; false: all-or-nothing")
-    fit_loss: bool = Field(default=True, description="also score the loss on the fine-tuning fractions before and "
-                           "after (4 more whole-image inferences)")
+    fit_loss: bool = Field(default=False, description="also score the loss on the fine-tuning fractions before and "
+                           "after (4 more whole-image inferences, twice the scoring time; the per-epoch training "
+                           "loss is logged either way)")
     threads: int = Field(default=2, ge=1, description="torch CPU threads")
     seed: int = 0
     register_model: bool = True
@@ -84,8 +92,9 @@ class FinetuneConfig(BaseModel):
 
 @dataclass
 class FinetuneResult:
-    """What :func:`finetune` did. ``comparison``: one row per structure (population vs patient);
-    ``structures``: those the patient model is used for (empty: rejected)."""
+    """What :func:`finetune` did. ``comparison``: one row per structure, the baseline (column ``baseline``;
+    scores in the ``*_population`` columns) vs the new patient model; ``structures``: those the patient model
+    is used for (empty: rejected). ``loss_before``/``loss_after`` are NaN unless ``fit_loss``."""
 
     name: str
     kept: bool
@@ -342,6 +351,52 @@ def compare(population: pd.DataFrame, patient: pd.DataFrame, *, sdice_tolerance:
 
 
 # --------------------------------------------------------------------------- the whole command
+def baseline_of(start: ModelBundle, *, patient: str, store: str | os.PathLike[str] | None = None
+                ) -> tuple[ModelBundle | None, list[str]]:
+    """What the service runs instead of a model fine-tuned from ``start``, as ``(population, start_structures)``.
+
+    ``start`` a population model: ``(None, every structure)``. ``start`` a patient model (its meta names a
+    ``population_model``): the structures it is used for (``meta["patient_structures"]``; every structure for a
+    patient model kept before the per-structure rule) and, when that is not every structure, its population
+    model, loaded from the meta (None otherwise).
+
+    Raises:
+        ConfigError: ``start`` is another patient's model, or its population model cannot be loaded or segments
+            other structures.
+    """
+    meta = dict(start.meta or {})
+    structures = list(start.plan.structures)
+    if "population_model" not in meta:
+        return None, structures
+    owner = meta.get("patient")
+    if owner and owner != patient:
+        raise ConfigError(f"the model is the fine-tuned model of patient {owner}, not of this course's patient "
+                          f"{patient}; fine-tune from the population model ({meta['population_model']}) instead")
+    chosen = meta.get("patient_structures")
+    used = structures if chosen is None else [s for s in structures if s in set(chosen)]
+    if used == structures:
+        return None, structures
+    ref = str(meta["population_model"])
+    try:
+        population = load_bundle(resolve_model(ref, store=store))
+    except (ConfigError, OSError) as exc:
+        raise ConfigError(
+            f"the patient model is used for {', '.join(used) or 'no structure'} only; the service draws the others "
+            f"with its population model {ref}, which is the baseline for them but cannot be loaded ({exc}). Pass "
+            f"--model {ref} (or where that model is now) to fine-tune from the population model") from exc
+    if list(population.plan.structures) != structures:
+        raise ConfigError(f"the population model {ref} segments {population.plan.structures}, the patient model "
+                          f"{structures}; fine-tune from the population model instead")
+    return population, used
+
+
+def deployed_table(start: pd.DataFrame, population: pd.DataFrame, start_structures: list[str]) -> pd.DataFrame:
+    """Score rows of the deployed combination: ``start``'s for ``start_structures``, ``population``'s for the
+    others (tables of :func:`score_model` on the same fraction)."""
+    keep = start.structure.isin(start_structures)
+    return pd.concat([start[keep], population[~population.structure.isin(start_structures)]], ignore_index=True)
+
+
 def _device(device: str | None) -> str:
     import torch
 
@@ -393,7 +448,8 @@ def finetune(
 
     Args:
         patient_dir: the patient's course folder (``course.yaml``, ``fxNN/``).
-        model: population model: shipped name, bundle path/folder or MLflow URI.
+        model: population model (shipped name, bundle path/folder or MLflow URI), or this patient's
+            model to fine-tune further (the baseline is then what the service runs: :func:`baseline_of`).
         fractions: fractions to fine-tune on (default: every approved one except the held-out one).
         holdout: the approved fraction to compare on (default: the latest approved one not in
             ``fractions``); never used for fine-tuning.
@@ -408,7 +464,8 @@ def finetune(
         ``structures`` which structures the service takes from it.
 
     Raises:
-        ConfigError: unusable fractions, a bad device, or an unreadable model.
+        ConfigError: unusable fractions, a bad device, an unreadable model, another patient's model, or a
+            patient model whose population model cannot be loaded.
         CourseLayoutError: ``patient_dir`` is not a course.
     """
     import torch
@@ -416,35 +473,41 @@ def finetune(
     cfg = config or FinetuneConfig()
     dev = _device(device)
     torch.set_num_threads(cfg.threads)
-    population = load_bundle(resolve_model(model, store=store))  # an MLflow URI is fetched from store
-    name = model_name(population.plan.task, patient_dir)
+    start = load_bundle(resolve_model(model, store=store))  # an MLflow URI is fetched from store
+    root, start_structures = baseline_of(start, patient=patient_key(patient_dir), store=store)
+    name = model_name(start.plan.task, patient_dir)
     dst = Path(out) if out is not None else tracking.project_root() / "mlruns" / "finetune" / name
     dst.mkdir(parents=True, exist_ok=True)
-    fit, hold, sources = _prepare(Path(patient_dir), population.plan, dst, fractions=fractions, holdout=holdout)
+    fit, hold, sources = _prepare(Path(patient_dir), start.plan, dst, fractions=fractions, holdout=holdout)
     for k, v in sources.items():
         log.info("%s: approved contours from %s", k, v)
-    patient, losses, seconds = fine_tune(population, fit, cfg, device=dev, show_progress=show_progress)
+    patient, losses, seconds = fine_tune(start, fit, cfg, device=dev, show_progress=show_progress)
     t0 = time.perf_counter()
-    loss_before, pop_table = score_model(population, fit if cfg.fit_loss else [], hold, device=dev)
+    loss_before, base_table = score_model(start, fit if cfg.fit_loss else [], hold, device=dev)
+    if root is not None:  # the service draws some structures with the population model: that is their baseline
+        base_table = deployed_table(base_table, score_model(root, [], hold, device=dev)[1], start_structures)
     loss_after, pat_table = score_model(patient, fit if cfg.fit_loss else [], hold, device=dev)
-    _, table = compare(pop_table, pat_table, sdice_tolerance=cfg.sdice_tolerance,
+    _, table = compare(base_table, pat_table, sdice_tolerance=cfg.sdice_tolerance,
                        hd95_tolerance_mm=cfg.hd95_tolerance_mm)
-    used = choose_structures(table, population.plan.structures, per_structure=cfg.per_structure)
+    root_model = str(start.meta.get("population_model", model))
+    table.insert(1, "baseline", [str(model) if s in start_structures else root_model for s in table.structure])
+    used = choose_structures(table, start.plan.structures, per_structure=cfg.per_structure)
     res = FinetuneResult(
         name=name, kept=bool(used), structures=used, comparison=table, sources=sources,
         fit_fractions=[int(e["case"][2:]) for e in fit],
         holdout=int(hold["case"][2:]), out_dir=dst, bundle_path=dst / "bundle.pt", loss_before=loss_before,
         loss_after=loss_after, epoch_losses=losses, finetune_seconds=seconds, eval_seconds=time.perf_counter() - t0)
-    meta = {**population.meta, "name": name, "task": population.plan.task, "patient": patient_key(patient_dir),
-            "population_model": str(model), "population_version": population.version,
-            "fit_fractions": res.fit_fractions, "holdout": res.holdout, "finetune_seconds": round(seconds, 1),
-            "patient_structures": used}
+    meta = {**start.meta, "name": name, "task": start.plan.task, "patient": patient_key(patient_dir),
+            "population_model": root_model,
+            "population_version": start.meta.get("population_version", start.version),
+            "started_from": str(model), "fit_fractions": res.fit_fractions, "holdout": res.holdout,
+            "finetune_seconds": round(seconds, 1), "patient_structures": used}
     for k in ("version", "mlflow_run_id", "registry_uri"):
         meta.pop(k, None)
     save_bundle(ModelBundle(patient.plan, patient.state_dict, meta), res.bundle_path)
     table.to_csv(dst / "comparison.csv", index=False, float_format="%.4f")
     if cfg.register_model:
-        _register(res, cfg, population=population, model=str(model), store=store)
+        _register(res, cfg, start=start, model=str(model), store=store)
     (dst / "result.json").write_text(json.dumps(_summary(res), indent=1, default=str))
     return res
 
@@ -458,19 +521,23 @@ def _summary(res: FinetuneResult) -> dict[str, Any]:
             "comparison": res.comparison.to_dict("records")}
 
 
-def _register(res: FinetuneResult, cfg: FinetuneConfig, *, population: ModelBundle, model: str, store: Any) -> None:
+def _register(res: FinetuneResult, cfg: FinetuneConfig, *, start: ModelBundle, model: str, store: Any) -> None:
     """Log the run, register the patient model, move ``champion`` to it only when kept (for at least one
-    structure; the tag ``structures`` lists them)."""
+    structure; the tag ``structures`` lists them). ``population_model`` names the population model also when
+    ``model`` (``started_from``) is a patient model."""
     import mlflow
 
     from sarcart.training.mlflow_model import log_bundle_model
 
-    task = population.plan.task
+    task = start.plan.task
     exp = tracking.experiment_id(cfg.experiment or f"sarcart-{task}-finetune", store)
-    pop_version = tracking.registry_version(model, store=store) or population.version
+    version = tracking.registry_version(model, store=store) or start.version
+    pop_model, pop_version = (str(start.meta["population_model"]), str(start.meta.get("population_version"))) \
+        if "population_model" in start.meta else (model, version)
     decision = "kept" if res.kept else "rejected"
-    tags = {"task": task, "patient": res.name.rsplit("-", 1)[-1], "population_model": model,
-            "population_version": pop_version, "fit_fractions": ",".join(map(str, res.fit_fractions)),
+    tags = {"task": task, "patient": res.name.rsplit("-", 1)[-1], "population_model": pop_model,
+            "population_version": pop_version, "started_from": model, "started_from_version": version,
+            "fit_fractions": ",".join(map(str, res.fit_fractions)),
             "holdout": str(res.holdout), "decision": decision, "structures": ",".join(res.structures) or "none"}
     with mlflow.start_run(experiment_id=exp, run_name=res.name, tags=tags) as run:
         tracking.log_config(cfg)
@@ -506,5 +573,6 @@ def patient_model(patient_dir: str | os.PathLike[str], task: str, *,
     return f"models:/{mv.name}/{mv.version}" if mv is not None else None
 
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "approved_masks", "choose_fractions", "choose_structures", "compare",
-           "fine_tune", "finetune", "model_name", "patient_key", "patient_model", "score_model"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "approved_masks", "baseline_of", "choose_fractions",
+           "choose_structures", "compare", "deployed_table", "fine_tune", "finetune", "model_name", "patient_key",
+           "patient_model", "score_model"]

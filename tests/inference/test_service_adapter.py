@@ -6,8 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
-from known_answer import SignNet, dice, midpoint
+from known_answer import SignNet, WindowNet, dice, midpoint
 
 from sarcart.inference.service_adapter import make_segmenter
 from sarcart.io.geometry import Geometry, Volume
@@ -124,21 +123,6 @@ def test_the_model_s_fitted_calibration_is_used(monkeypatch, tmp_path):
     shipped = load_bundle(resolve_model("trufi")).meta["qa_calibration"]
     # flags below a raw confidence of 0.90-0.96 (v1 0.896, v2 0.938, v3 0.956: better models are surer)
     assert shipped["a"] > 0 and 0.85 < -shipped["b"] / shipped["a"] < 0.98
-
-
-class WindowNet(torch.nn.Module):
-    """Class k (GTV, BOWEL) where the normalised intensity lies within ``width`` of ``centres[k]``
-    (logit gain (width - |x - c|) against a background logit of 0); a centre of None: never that class."""
-
-    def __init__(self, centres: tuple[float | None, ...], width: float, gain: float = 20.0) -> None:
-        super().__init__()
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-        self.centres, self.width, self.gain = centres, width, gain
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = [torch.zeros_like(x)] + [self.gain * (self.width - (x - c).abs()) if c is not None
-                                       else torch.full_like(x, -1e3) for c in self.centres]
-        return torch.cat(out, dim=1) + 0 * self.dummy
 
 
 def test_a_patient_model_kept_for_some_structures_draws_only_those(monkeypatch, tmp_path):

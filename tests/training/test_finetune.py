@@ -166,8 +166,8 @@ def test_kept_only_when_not_worse_and_the_alias_moves_only_then(setup, tmp_path)
     name = model_name("tiny", patient)
     assert name == f"sarcart-tiny-patient-{tracking.hash_id('TOY-PAT-7')}"
     assert patient_model(patient, "tiny", store=store) is None
-    good = finetune(patient, setup["population"], fractions=[0, 1], config=_cfg(0.01), out=tmp_path / "good",
-                    store=store)
+    good = finetune(patient, setup["population"], fractions=[0, 1], config=_cfg(0.01, fit_loss=True),
+                    out=tmp_path / "good", store=store)
     assert good.holdout == 2 and good.fit_fractions == [0, 1]
     assert set(good.sources) == {"fx00", "fx01", "fx02"} and "labels.nii.gz" in good.sources["fx01"]
     # the loss on the fine-tuning fractions falls (the same whole-image loss, before and after)
@@ -189,10 +189,11 @@ def test_kept_only_when_not_worse_and_the_alias_moves_only_then(setup, tmp_path)
     for i in (0, 1):
         lab = read_labels(bad_dir / f"fx{i:02d}" / "labels.nii.gz")[0]
         write_mask(lab.with_array(np.roll(lab.array == 1, 8, axis=1)), bad_dir / f"fx{i:02d}/approved/masks/GTV.nii.gz")
-    bad = finetune(bad_dir, f"models:/{name}/1", config=_cfg(0.01), out=tmp_path / "bad", store=store)
+    bad = finetune(bad_dir, f"models:/{name}/1", config=_cfg(0.01, fit_loss=True), out=tmp_path / "bad", store=store)
     assert bad.sources["fx00"] == "approved/masks" and "labels" in bad.sources["fx02"]
     r1 = bad.comparison.set_index("structure").loc["GTV"]
     assert r1["hd95_mm_population"] == pytest.approx(row["hd95_mm_patient"], abs=1e-4)  # the baseline is v1
+    assert r1["baseline"] == f"models:/{name}/1"  # v1 was kept for every structure of the model
     assert not bad.kept and bad.version == "2" and not bad.comparison["not_worse"].all() and bad.structures == []
     client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(store))
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"  # the alias did not move
@@ -200,6 +201,9 @@ def test_kept_only_when_not_worse_and_the_alias_moves_only_then(setup, tmp_path)
     assert client.get_model_version(name, "2").tags["structures"] == "none"
     assert client.get_model_version(name, "1").tags["structures"] == "GTV"
     assert patient_model(bad_dir, "tiny", store=store) == f"models:/{name}/1"
+    v2 = client.get_model_version(name, "2").tags  # v2 started from v1, whose population model stays the root
+    assert (v2["started_from"], v2["population_model"]) == (f"models:/{name}/1", str(setup["population"]))
+    assert load_bundle(bad.bundle_path).meta["population_model"] == str(setup["population"])
     run = client.get_run(bad.run_id)
     assert "TOY-PAT-7" not in str(run.data.params) + str(run.data.tags)  # hashed patient id only
     assert run.data.metrics["fit_loss_population"] == pytest.approx(bad.loss_before)
@@ -263,3 +267,94 @@ def test_approved_rtstruct_is_read_on_the_fraction_series_and_preferred_to_the_l
     dice = 2 * (masks["GTV"] & approved).sum() / (masks["GTV"].sum() + approved.sum())
     assert dice > 0.9, dice  # the approved contour, not the labels (Dice with the labels is far lower)
     assert 2 * (masks["GTV"] & truth).sum() / (masks["GTV"].sum() + truth.sum()) < dice - 0.1
+
+
+def _two_structure_course(root, name="TOY-PAT-8"):
+    """Two fractions of one image: GTV (300) and BOWEL (500) in a body (100); returns the course and the
+    networks' windows (normalised levels as the predictor sees them, tests/known_answer.py)."""
+    from sarcart.io.geometry import Geometry, Volume
+
+    g = Geometry(shape=(40, 36, 16), spacing_mm=(2.0, 2.0, 3.0), origin_mm=(0.0, 0.0, 0.0))
+    arr = np.zeros(g.shape, np.float32)
+    arr[2:38, 2:34, 1:15] = 100.0
+    labels = np.zeros(g.shape, np.uint8)
+    labels[6:16, 8:20, 4:10], labels[22:34, 14:28, 5:12] = 1, 2
+    arr[labels == 1], arr[labels == 2] = 300.0, 500.0
+    write_course(root, CourseConfig(patient=name, site="retroperitoneum", synthetic=True,
+                                    prescription=Prescription(dose_gy=48, fractions=2)))
+    spec = LabelSpec(values={1: "GTV", 2: "BOWEL"}, structures={"GTV": (1,), "BOWEL": (2,)})
+    for i in range(2):
+        write_nifti(Volume(arr, g), root / f"fx{i:02d}" / "image.nii.gz")
+        write_labels(Volume(labels, g), spec, root / f"fx{i:02d}" / "labels.nii.gz")
+    body = arr[arr > 0.05 * np.percentile(arr, 99)]
+    level = {v: float((v - body.mean()) / body.std()) for v in (100.0, 300.0, 500.0)}
+    return root, level, (level[300.0] - level[100.0]) / 2
+
+
+def test_fine_tuning_further_from_a_patient_model_compares_each_structure_with_what_the_service_runs(
+        tmp_path, monkeypatch, capsys):
+    """A patient model P1 kept for the GTV only (the service draws the bowel with the population model).
+    Fine-tuning further from P1 gives P2, which, like P1, misses the bowel. P2 must be compared on the bowel
+    with the population model (which finds it: P2 is worse) and not with P1 (which misses it too: 'not
+    worse'), or the service would take an empty bowel from P2."""
+    from known_answer import WindowNet
+
+    import sarcart.training.finetune as ft
+    from sarcart.models.plan import NetworkPlan, Plan, Schedule
+    from sarcart.training.finetune import patient_key
+
+    course, level, half_gap = _two_structure_course(tmp_path / "course")
+    nets = {"population": WindowNet((None, level[500.0]), half_gap),  # finds the bowel only
+            "p1": WindowNet((level[300.0], None), half_gap),  # finds the GTV only
+            "p2": WindowNet((level[300.0], None), half_gap)}  # fine-tuned further: still no bowel
+    monkeypatch.setattr(ModelBundle, "network", lambda self, device=None: nets[self.meta["name"]].eval())
+    monkeypatch.setattr(ft, "fine_tune", lambda start, fit, cfg, **kw: (
+        ModelBundle(start.plan, {}, {**start.meta, "name": "p2"}), [0.5], 0.0))
+    net = NetworkPlan(name="DynUNet", kernel_size=[(3, 3, 3)] * 2, strides=[(1, 1, 1), (2, 2, 2)], filters=[4, 8])
+    plan = Plan(task="t", structures=["GTV", "BOWEL"], target_spacing_mm=(2.0, 2.0, 3.0), patch_size=(16, 16, 16),
+                network=net, flip_axes=(), schedule=Schedule(epochs=1, iterations_per_epoch=1, batch_size=1,
+                                                             est_seconds_per_iteration=0, est_training_minutes=0))
+    pop = save_bundle(ModelBundle(plan, {}, {"name": "population", "version": "3"}), tmp_path / "pop.pt")
+    me = patient_key(course)
+    p1_meta = {"name": "p1", "patient": me, "population_model": str(pop), "population_version": "3",
+               "patient_structures": ["GTV"]}
+    p1 = save_bundle(ModelBundle(plan, {}, p1_meta), tmp_path / "p1.pt")
+    cfg = FinetuneConfig(register_model=False, threads=1)
+
+    res = finetune(course, p1, fractions=[0], holdout=1, config=cfg, out=tmp_path / "out")
+    t = res.comparison.set_index("structure")
+    assert t.at["GTV", "baseline"] == str(p1) and t.at["BOWEL", "baseline"] == str(pop)
+    assert t.at["GTV", "dice_population"] > 0.95 and t.at["BOWEL", "dice_population"] > 0.95  # what the service ran
+    assert t.at["BOWEL", "dice_patient"] == 0.0 and not t.at["BOWEL", "not_worse"]
+    assert res.structures == ["GTV"]  # the bowel stays with the population model
+    meta = load_bundle(res.bundle_path).meta
+    assert (meta["population_model"], meta["started_from"], meta["patient_structures"]) == (str(pop), str(p1), ["GTV"])
+    assert np.isnan(res.loss_before)  # fit_loss is off by default (four inferences fewer)
+
+    # P1 kept for every structure: P1 alone is the baseline (the population model is not even needed)
+    p1_all = save_bundle(ModelBundle(plan, {}, {**p1_meta, "patient_structures": ["GTV", "BOWEL"],
+                                                "population_model": str(tmp_path / "gone.pt")}), tmp_path / "p1all.pt")
+    res = finetune(course, p1_all, fractions=[0], holdout=1, config=cfg, out=tmp_path / "out2")
+    assert set(res.comparison.baseline) == {str(p1_all)} and res.structures == ["GTV", "BOWEL"]
+
+    # clear errors: the population model is gone; another patient's model
+    p1_gone = save_bundle(ModelBundle(plan, {}, {**p1_meta, "population_model": str(tmp_path / "gone.pt")}),
+                          tmp_path / "p1gone.pt")
+    with pytest.raises(ConfigError, match=r"used for GTV only.*gone\.pt.*cannot be loaded.*--model"):
+        finetune(course, p1_gone, fractions=[0], holdout=1, config=cfg, out=tmp_path / "out3")
+    other = save_bundle(ModelBundle(plan, {}, {**p1_meta, "patient": "0123abcd"}), tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="patient 0123abcd, not of this course's patient"):
+        finetune(course, other, fractions=[0], holdout=1, config=cfg, out=tmp_path / "out4")
+
+    # the command prints each structure's baseline and the verdict (register_model false in the config)
+    from sarcart.cli import main
+
+    (tmp_path / "ft.yaml").write_text("register_model: false\nthreads: 1\n")
+    monkeypatch.setenv("COLUMNS", "300")
+    rc = main(["finetune", "--patient-dir", str(course), "--model", str(p1), "--fractions", "0", "--holdout", "1",
+               "--config", str(tmp_path / "ft.yaml"), "--out", str(tmp_path / "out5")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
+    assert str(pop) in rows["BOWEL"] and "NO" in rows["BOWEL"] and str(p1) in rows["GTV"], out
+    assert "KEPT (not registered) for GTV; the population model keeps BOWEL" in " ".join(out.split())

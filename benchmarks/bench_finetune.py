@@ -5,14 +5,18 @@ seed 912001, patient SYN-RP-001 — never seen in the population training), rege
 (fx00 ... fx03; fx00-fx02 are byte for byte those of the two-fraction version used before) because the frozen
 cohort stores only fx00/fx01; written once to ``mlruns/datasets/finetune_bench/snr20``. The population model is
 fine-tuned on fx00 + fx01 (their labels as the stand-in for approved contours) and both models are scored on fx02
-(raw networks, no TTA, no post-processing, on the image's own grid, over the sub-voxel phases when the population
-bundle recommends them, as `trufi` 3.1 does); the keep rule picks the structures the patient model is used for
+as the service delivers them (the predictor with post-processing, no TTA, on the image's own grid, over the
+sub-voxel phases when the population bundle recommends them, as `trufi` 3.1 does); the keep rule picks the structures the patient model is used for
 there. Then both models and the service's per-structure combination are run as deployed on fx02 and on **fx03**,
 a fraction that took no part in fine-tuning or choosing: the check that the choice made on fx02 holds. The
 patient model is registered in a temporary MLflow store unless ``--store``.
 
+``--cross-validate``: the keep rule of ``cross_validate: true`` on fx00-fx02 (each held out in turn, a model
+fine-tuned on the other two; the rule on the fold means), the deployed model fine-tuned on all three; the
+outputs as deployed on fx03 only (fx02 was used).
+
 Run:  .venv/bin/python benchmarks/bench_finetune.py [--model trufi] [--patient-dir DIR] [--epochs 6]
-          [--iterations 10] [--lr 2e-4] [--threads 2] [--device cpu|cuda] [--repeats 1] [--fit-loss]
+          [--iterations 10] [--lr 2e-4] [--threads 2] [--device cpu|cuda] [--repeats 1] [--fit-loss] [--cross-validate]
 The tables printed at the end are what goes into BENCHMARKS.md. Research only, not for clinical use.
 """
 
@@ -73,22 +77,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--store", help="MLflow store (default: a temporary one)")
     ap.add_argument("--fit-loss", action="store_true", help="also score the loss on fx00+fx01 (4 more inferences)")
+    ap.add_argument("--cross-validate", action="store_true", help="judge on fx00-fx02 each held out in turn")
     args = ap.parse_args(argv)
     patient, model = _patient(args.patient_dir), _model(args.model)
     cfg = FinetuneConfig(epochs=args.epochs, iterations_per_epoch=args.iterations, optim=OptimConfig(lr=args.lr),
-                         threads=args.threads, fit_loss=args.fit_loss)
+                         threads=args.threads, fit_loss=args.fit_loss, cross_validate=args.cross_validate)
+    split = {"fractions": [0, 1, 2]} if args.cross_validate else {"fractions": [0, 1], "holdout": 2}
     tmp = Path(tempfile.mkdtemp(prefix="sarcart-bench-finetune-"))
     load_before = _load()
     results = []
     for r in range(args.repeats):
         t0 = time.perf_counter()
-        res = finetune(patient, model, fractions=[0, 1], holdout=2, config=cfg, device=args.device,
+        res = finetune(patient, model, **split, config=cfg, device=args.device,
                        out=tmp / f"run{r}", store=args.store or tmp / "mlruns")
         results.append((res, time.perf_counter() - t0))
     res = results[-1][0]
     iters = args.epochs * args.iterations
     ft_s = statistics.median(x.finetune_seconds for x, _ in results)
-    print(f"\nfine-tuning {model} on fx00+fx01 of {patient.name} (sources: {res.sources}); held out fx02")
+    judged = ("fold means, fx00/fx01/fx02 each held out in turn" if args.cross_validate else "held out fx02")
+    print(f"\nfine-tuning {model} on {'+'.join(f'fx{i:02d}' for i in res.fit_fractions)} of {patient.name} "
+          f"(sources: {res.sources}); {judged}")
     print(f"machine: {platform.node()}, {os.cpu_count()} CPU(s) visible, device {args.device}, "
           f"{args.threads} torch thread(s); load average (1/5/15 min) before {load_before}, after {_load()}\n")
     print("| structure | Dice pop | Dice patient | gain | sDice 2 mm pop | sDice 2 mm patient | gain "
@@ -101,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
                       ("{:+.3f}" if m != "hd95_mm" else "{:+.1f}").format(row[f"{m}_gain"])]
         print(f"| {row['structure']} | " + " | ".join(cells) + f" | {'yes' if row['not_worse'] else 'NO'} |")
     print("\n| figure | value |\n|---|---|")
-    print(f"| fine-tuning (median of {args.repeats}) | {ft_s:.0f} s ({iters} iterations, "
-          f"{ft_s / iters:.2f} s/iteration) |")
-    scored = "2 fit fractions + held-out, 6" if cfg.fit_loss else "held-out only, 2"
+    runs = 4 if args.cross_validate else 1  # three folds and the deployed model
+    print(f"| fine-tuning (median of {args.repeats}; {runs} fine-tuning(s)) | {ft_s:.0f} s ({runs} x {iters} "
+          f"iterations, {ft_s / iters / runs:.2f} s/iteration) |")
+    scored = ("3 folds x 2, 6" if args.cross_validate else
+              "2 fit fractions + held-out, 6" if cfg.fit_loss else "held-out only, 2")
     print(f"| scoring both models ({scored} whole-image inferences) | {res.eval_seconds:.0f} s |")
     print(f"| whole command (incl. label maps, MLflow logging) | {statistics.median(w for _, w in results):.0f} s |")
     if cfg.fit_loss:
@@ -112,11 +122,12 @@ def main(argv: list[str] | None = None) -> int:
                 + (f" (per structure; all-or-nothing: {'kept' if res.comparison['not_worse'].all() else 'rejected'})"
                    if cfg.per_structure else " (all-or-nothing)"))
     print(f"| decision | {decision} ({res.name} v{res.version}) |")
-    _as_deployed(patient, model, res, args.device)
+    _as_deployed(patient, model, res, args.device, fractions=(3,) if args.cross_validate else (2, 3))
     return 0
 
 
-def _as_deployed(patient: Path, model: str, res, device: str) -> None:  # type: ignore[no-untyped-def]
+def _as_deployed(patient: Path, model: str, res, device: str,  # type: ignore[no-untyped-def]
+                 fractions: tuple[int, ...] = (2, 3)) -> None:
     """Population, patient model and the service's per-structure combination through the predictor as the
     service runs them (post-processing, no TTA, the bundle's sub-voxel phases) on the held-out fx02 (where the
     structures were chosen) and on fx03 (untouched: does the choice hold?)."""
@@ -133,18 +144,18 @@ def _as_deployed(patient: Path, model: str, res, device: str) -> None:  # type: 
     pop = Predictor(model, config=PredictorConfig(device=device, tta=False, postprocess=True))
     pat = Predictor(res.bundle_path, config=PredictorConfig(device=device, tta=False, postprocess=True))
     chosen = patient_structures(pat.bundle, pop.structures)
-    fractions = {f.index: f for f in load_course(patient).fractions}
+    course = {f.index: f for f in load_course(patient).fractions}
     print(f"\nas deployed (predictor: largest component for GTV/kidneys, holes filled; no TTA; sub-voxel phases "
           f"{'on' if bundle_subvoxel(pop.bundle) else 'off'} as the bundle says); the service takes "
           f"{', '.join(chosen) or 'nothing'} from the patient model:\n")
     print("| fraction | structure | Dice pop | Dice patient | Dice service | sDice 2 mm pop | sDice patient "
           "| sDice service | HD95 pop (mm) | HD95 patient | HD95 service | from |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for k in (2, 3):
-        if k not in fractions:
+    for k in fractions:
+        if k not in course:
             continue
-        image = read_nifti(fractions[k].image)
-        truth = {s: m for s, m in approved_masks(fractions[k], image)[0].items() if m.any()}
+        image = read_nifti(course[k].image)
+        truth = {s: m for s, m in approved_masks(course[k], image)[0].items() if m.any()}
         a, b = pop.masks(image), pat.masks(image)
         both = merge((a, {}, "population"), (b, {}, "patient"), chosen)[0]  # the service's combination
         t = {who: pd.DataFrame(score_case(m, truth, image.geometry.spacing_mm)).query("region == 'all'")
@@ -154,7 +165,7 @@ def _as_deployed(patient: Path, model: str, res, device: str) -> None:  # type: 
                 continue
             cells = [f"{t[w].at[s, m]:{f}}" for m, f in (("dice", ".3f"), ("surface_dice_2mm", ".3f"), ("hd95_mm", ".1f"))
                      for w in ("pop", "pat", "svc")]
-            print(f"| fx{k:02d}{' (chose)' if k == 2 else ''} | {s} | " + " | ".join(cells)
+            print(f"| fx{k:02d}{' (chose)' if k in res.holdouts else ''} | {s} | " + " | ".join(cells)
                   + f" | {'patient' if s in chosen else 'population'} |")
         gain = [t["svc"].at[s, "dice"] - t["pop"].at[s, "dice"] for s in pop.structures if s in truth]
         print(f"| fx{k:02d} | mean over structures | | | | | | | | | | service - population Dice "

@@ -60,10 +60,14 @@ def _register_finetune(sub: argparse._SubParsersAction) -> None:  # type: ignore
                        "use it for the structures where it is not worse on a held-out fraction "
                        "(per_structure: false in --config: all or nothing)")
     f.add_argument("--patient-dir", required=True, type=Path, help="the patient's course folder (course.yaml, fxNN/)")
-    f.add_argument("--model", required=True, help="population model: shipped name, bundle path or MLflow URI")
+    f.add_argument("--model", required=True, help="population model (shipped name, bundle path or MLflow URI), or "
+                   "this patient's model to fine-tune further")
     f.add_argument("--fractions", type=_int_list, help="fractions to fine-tune on, e.g. 1,2 (default: every approved "
-                   "fraction except the held-out one)")
+                   "fraction except the held-out one; with --cross-validate: the approved fractions to use)")
     f.add_argument("--holdout", type=int, help="approved fraction to compare on (default: the latest one not used)")
+    f.add_argument("--cross-validate", action="store_true", default=None,
+                   help="hold out each approved fraction in turn (one fine-tuning each), judge on the fold means, "
+                   "then fine-tune the deployed model on every approved fraction")
     f.add_argument("--epochs", type=int, help="epochs (default 6)")
     f.add_argument("--iterations", type=int, help="iterations per epoch (default 10)")
     f.add_argument("--lr", type=float, help="learning rate (default 2e-4, a tenth of the population training's)")
@@ -153,7 +157,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from sarcart.training.finetune import FinetuneConfig, finetune
 
     cfg = load_model(FinetuneConfig, args.config, what="finetune configuration",
-                     epochs=args.epochs, iterations_per_epoch=args.iterations)
+                     epochs=args.epochs, iterations_per_epoch=args.iterations, cross_validate=args.cross_validate)
     if args.lr is not None:
         cfg = FinetuneConfig.model_validate({**cfg.model_dump(), "optim": {**cfg.optim.model_dump(), "lr": args.lr}})
     res = finetune(args.patient_dir, args.model, fractions=args.fractions, holdout=args.holdout, config=cfg,
@@ -162,8 +166,10 @@ def _finetune(args: argparse.Namespace) -> int:
     for fx, src in res.sources.items():
         con.print(f"{fx}: approved contours from {src}")
     bases = list(dict.fromkeys(res.comparison["baseline"])) if len(res.comparison) else [str(args.model)]
-    tab = Table(title=f"held-out fx{res.holdout:02d}: {bases[0] if len(bases) == 1 else 'the deployed models'} "
-                f"vs the new patient model (fine-tuned on {', '.join(f'fx{i:02d}' for i in res.fit_fractions)})")
+    judged = ", ".join(f"fx{i:02d}" for i in res.holdouts)
+    judged = (f"mean over the folds holding out {judged} in turn" if res.folds is not None else f"held-out {judged}")
+    tab = Table(title=f"{judged}: {bases[0] if len(bases) == 1 else 'the deployed models'} vs the new patient model "
+                f"(deployed model fine-tuned on {', '.join(f'fx{i:02d}' for i in res.fit_fractions)})")
     for col in ("structure", *(["baseline"] if len(bases) > 1 else []), "Dice base", "Dice new", "sDice2mm base",
                 "sDice2mm new", "HD95 base (mm)", "HD95 new (mm)", "not worse"):
         tab.add_column(col)

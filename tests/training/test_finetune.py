@@ -157,10 +157,10 @@ def test_fraction_choice_never_fine_tunes_on_the_held_out_fraction():
 def test_kept_only_when_not_worse_and_the_alias_moves_only_then(setup, tmp_path):
     import mlflow
 
+    from sarcart.inference.predictor import Predictor, PredictorConfig
     from sarcart.io.labels import read_labels
     from sarcart.io.nifti import read_nifti
     from sarcart.training.metrics import mask_metrics
-    from sarcart.training.train import segmenter_for
 
     store, patient = setup["store"], setup["patient"]
     name = model_name("tiny", patient)
@@ -177,9 +177,10 @@ def test_kept_only_when_not_worse_and_the_alias_moves_only_then(setup, tmp_path)
     assert good.kept and good.version == "1" and good.structures == ["GTV"]
     assert load_bundle(good.bundle_path).meta["patient_structures"] == ["GTV"]
     assert patient_model(patient, "tiny", store=store) == f"models:/{name}/1"
-    # the table's held-out HD95 is what an independent scoring of the saved bundle gives
+    # the table's held-out HD95 is what the service's predictor on the saved bundle, scored independently, gives
     ref = read_labels(patient / "fx02" / "labels.nii.gz")[0]
-    pred = segmenter_for(load_bundle(good.bundle_path))(read_nifti(patient / "fx02" / "image.nii.gz"))["GTV"]
+    deployed = Predictor(good.bundle_path, config=PredictorConfig(tta=False, device="cpu"))
+    pred = deployed.masks(read_nifti(patient / "fx02" / "image.nii.gz"))["GTV"]
     assert mask_metrics(pred, ref.array == 1, ref.geometry.spacing_mm)["hd95_mm"] == pytest.approx(
         row["hd95_mm_patient"], abs=1e-4)
 
@@ -237,6 +238,40 @@ def test_the_keep_rule_scores_the_models_as_deployed_with_the_bundles_sub_voxel_
         assert dices[rec] == pytest.approx(dice(probs.argmax(0) == 1, ball), abs=1e-6)
 
 
+def test_the_keep_rule_scores_the_post_processed_output_as_the_service_delivers_it(tmp_path, monkeypatch):
+    """A bright spot 90 mm from the tumour is segmented as GTV by a thresholding network; the service's
+    post-processing keeps the GTV's largest component and drops it. The keep rule must see the GTV as
+    delivered: the metrics of the ball alone (the spot cleared here by hand), not the raw HD95."""
+    from known_answer import SignNet, ball_image, midpoint
+
+    from sarcart.training.finetune import score_model
+    from sarcart.training.metrics import mask_metrics
+    from sarcart.training.predict import predict_volume
+
+    image, ball = ball_image(96)
+    arr = image.array.copy()
+    spot = np.zeros_like(ball)
+    spot[84:92, 84:92, 6:10] = True  # 256 voxels (the ball ~3800), about 90 mm from its centre in-plane
+    arr[spot] = 300.0
+    image = image.with_array(arr)
+    write_nifti(image, tmp_path / "image.nii.gz")
+    write_labels(image.with_array(ball.astype(np.uint8)), SPEC, tmp_path / "labels.nii.gz")
+    holdout = {"case": "fx02", "image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "labels.nii.gz")}
+    net = SignNet(midpoint(arr))
+    monkeypatch.setattr(ModelBundle, "network", lambda self, device=None: net.eval())
+    plan = _tiny_plan()
+    _, table = score_model(ModelBundle(plan, {}, {"name": "sign"}), [], holdout)
+    got = table.set_index("structure").loc["GTV"]
+    raw = predict_volume(net, image, plan)[0].argmax(0) == 1
+    assert raw[spot].any()  # the network does segment the spot
+    by_hand = raw.copy()
+    by_hand[70:, 70:] = False  # the spot's corner of the image cleared by hand
+    expect, raw_m = mask_metrics(by_hand, ball, (1.0, 1.0, 3.0)), mask_metrics(raw, ball, (1.0, 1.0, 3.0))
+    assert raw_m["hd95_mm"] > expect["hd95_mm"] + 20, (raw_m, expect)
+    assert got["hd95_mm"] == pytest.approx(expect["hd95_mm"], abs=1e-6)
+    assert got["dice"] == pytest.approx(expect["dice"], abs=1e-6)
+
+
 def test_cli_rejects_a_holdout_used_for_fine_tuning(setup, tmp_path, capsys):
     from sarcart.cli import main
 
@@ -269,8 +304,8 @@ def test_approved_rtstruct_is_read_on_the_fraction_series_and_preferred_to_the_l
     assert 2 * (masks["GTV"] & truth).sum() / (masks["GTV"].sum() + truth.sum()) < dice - 0.1
 
 
-def _two_structure_course(root, name="TOY-PAT-8"):
-    """Two fractions of one image: GTV (300) and BOWEL (500) in a body (100); returns the course and the
+def _two_structure_course(root, name="TOY-PAT-8", fractions=2):
+    """``fractions`` fractions of one image: GTV (300) and BOWEL (500) in a body (100); returns the course and the
     networks' windows (normalised levels as the predictor sees them, tests/known_answer.py)."""
     from sarcart.io.geometry import Geometry, Volume
 
@@ -281,9 +316,9 @@ def _two_structure_course(root, name="TOY-PAT-8"):
     labels[6:16, 8:20, 4:10], labels[22:34, 14:28, 5:12] = 1, 2
     arr[labels == 1], arr[labels == 2] = 300.0, 500.0
     write_course(root, CourseConfig(patient=name, site="retroperitoneum", synthetic=True,
-                                    prescription=Prescription(dose_gy=48, fractions=2)))
+                                    prescription=Prescription(dose_gy=48, fractions=fractions)))
     spec = LabelSpec(values={1: "GTV", 2: "BOWEL"}, structures={"GTV": (1,), "BOWEL": (2,)})
-    for i in range(2):
+    for i in range(fractions):
         write_nifti(Volume(arr, g), root / f"fx{i:02d}" / "image.nii.gz")
         write_labels(Volume(labels, g), spec, root / f"fx{i:02d}" / "labels.nii.gz")
     body = arr[arr > 0.05 * np.percentile(arr, 99)]
@@ -358,3 +393,63 @@ def test_fine_tuning_further_from_a_patient_model_compares_each_structure_with_w
     rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
     assert str(pop) in rows["BOWEL"] and "NO" in rows["BOWEL"] and str(p1) in rows["GTV"], out
     assert "KEPT (not registered) for GTV; the population model keeps BOWEL" in " ".join(out.split())
+
+
+def test_cross_validated_keep_rule_judges_every_fold_and_deploys_a_model_fine_tuned_on_every_fraction(
+        tmp_path, monkeypatch):
+    """Three approved fractions; the fine-tuned models are known-answer networks that depend on the fractions
+    they were fine-tuned on. The fold holding out fx01 loses the bowel. The single held-out fraction (fx02) sees
+    nothing wrong and takes the bowel from the patient model; cross-validated, the bowel's mean over the folds
+    (Dice 2/3 of the population's) is worse and stays with the population model. Every fold's fine-tuning
+    excludes its held-out fraction; the deployed model is fine-tuned on all three."""
+    from known_answer import WindowNet
+
+    import sarcart.training.finetune as ft
+    from sarcart.models.plan import NetworkPlan, Plan, Schedule
+
+    course, level, half_gap = _two_structure_course(tmp_path / "course", fractions=3)
+    gtv_bowel, bowel_only = (level[300.0], level[500.0]), (None, level[500.0])
+    nets = {"population": WindowNet(bowel_only, half_gap),  # misses the GTV
+            "ft-fx00,fx01": WindowNet(gtv_bowel, half_gap),  # holding out fx02: finds both
+            "ft-fx00,fx02": WindowNet((level[300.0], None), half_gap),  # holding out fx01: loses the bowel
+            "ft-fx01,fx02": WindowNet(gtv_bowel, half_gap),  # holding out fx00: finds both
+            "ft-fx00,fx01,fx02": WindowNet(gtv_bowel, half_gap)}
+    calls = []
+
+    def fake_fine_tune(start, entries, cfg, **kw):
+        calls.append([e["case"] for e in entries])
+        return ModelBundle(start.plan, {}, {**start.meta, "name": "ft-" + ",".join(calls[-1])}), [0.5], 1.0
+
+    monkeypatch.setattr(ModelBundle, "network", lambda self, device=None: nets[self.meta["name"]].eval())
+    monkeypatch.setattr(ft, "fine_tune", fake_fine_tune)
+    net = NetworkPlan(name="DynUNet", kernel_size=[(3, 3, 3)] * 2, strides=[(1, 1, 1), (2, 2, 2)], filters=[4, 8])
+    plan = Plan(task="t", structures=["GTV", "BOWEL"], target_spacing_mm=(2.0, 2.0, 3.0), patch_size=(16, 16, 16),
+                network=net, flip_axes=(), schedule=Schedule(epochs=1, iterations_per_epoch=1, batch_size=1,
+                                                             est_seconds_per_iteration=0, est_training_minutes=0))
+    pop = save_bundle(ModelBundle(plan, {}, {"name": "population", "version": "3"}), tmp_path / "pop.pt")
+
+    single = finetune(course, pop, config=FinetuneConfig(register_model=False), out=tmp_path / "single")
+    assert single.holdout == 2 and single.structures == ["GTV", "BOWEL"]  # fx02 alone sees no fault
+
+    calls.clear()
+    cfg = FinetuneConfig(register_model=False, cross_validate=True)
+    res = finetune(course, pop, config=cfg, out=tmp_path / "cv")
+    assert calls == [["fx01", "fx02"], ["fx00", "fx02"], ["fx00", "fx01"], ["fx00", "fx01", "fx02"]]
+    assert res.holdout is None and res.holdouts == [0, 1, 2] and res.fit_fractions == [0, 1, 2]
+    assert res.finetune_seconds == pytest.approx(4.0)  # the three folds' and the deployed model's fine-tunings
+    folds = pd.read_csv(tmp_path / "cv" / "comparison_folds.csv")
+    per_fold = folds[(folds.region == "all") & (folds.structure == "BOWEL") & (folds.model == "patient")]
+    assert dict(zip(per_fold.fold, per_fold.dice.round(3))) == {0: pytest.approx(1.0, abs=0.05), 1: 0.0,
+                                                                2: pytest.approx(1.0, abs=0.05)}
+    t = res.comparison.set_index("structure")
+    assert t.at["BOWEL", "dice_patient"] == pytest.approx(per_fold.dice.mean(), abs=1e-9)
+    assert t.at["BOWEL", "dice_patient"] < t.at["BOWEL", "dice_population"] - 0.3 and not t.at["BOWEL", "not_worse"]
+    assert t.at["GTV", "dice_population"] == 0.0 and t.at["GTV", "dice_patient"] > 0.95
+    assert res.structures == ["GTV"]
+    meta = load_bundle(res.bundle_path).meta
+    assert meta["fit_fractions"] == [0, 1, 2] and meta["holdouts"] == [0, 1, 2] and meta["name"].startswith("sarcart-t")
+
+    with pytest.raises(ConfigError, match="pass one of them"):
+        finetune(course, pop, holdout=2, config=cfg, out=tmp_path / "x")
+    with pytest.raises(ConfigError, match="at least two approved fractions"):
+        finetune(course, pop, fractions=[1], config=cfg, out=tmp_path / "y")

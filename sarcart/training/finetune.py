@@ -3,9 +3,9 @@
 The population model (its plan and weights as the start) is trained for a few iterations at a
 lower learning rate on the approved contours of the patient's earlier fractions, then the
 fine-tuned network and the population network are both scored on a held-out approved fraction
-that was not used for fine-tuning, each as the service would deliver it (the predictor on the image's own
-grid, post-processing on, no TTA, the bundle's sub-voxel phases: :func:`score_model`). The patient model is registered in MLflow
-as ``sarcart-<task>-patient-<hash>`` (hashed patient id only). A structure counts as "not worse" when
+that was not used for fine-tuning, each as the service would deliver it (the predictor on the image's
+own grid, post-processing on, no TTA, the bundle's sub-voxel phases: :func:`score_model`). The patient
+model is registered in MLflow as ``sarcart-<task>-patient-<hash>`` (hashed patient id only). A structure counts as "not worse" when
 the patient model scores no worse than the population model on the held-out fraction in surface Dice at
 2 mm (Nikolov et al. 2021, doi 10.2196/26151) and in HD95 (Huttenlocher et al. 1993, doi
 10.1109/34.232073). By default the choice is per structure: the patient model is used for the structures

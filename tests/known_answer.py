@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sarcart.io.geometry import Geometry, Volume
+from sarcart.models.plan import NetworkPlan, Plan, Schedule
 
 
 class SignNet(nn.Module):
@@ -59,3 +60,30 @@ def ball_image(n: int, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), centre=(23.3, 24.6
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+def two_structure_image() -> tuple[Volume, np.ndarray, np.ndarray, dict[float, float], float]:
+    """A GTV box (300) and a BOWEL box (500) in a body (100), 40 x 36 x 16 voxels of 2 x 2 x 3 mm.
+
+    Returns the image, the GTV and BOWEL masks, each intensity's normalised level (the predictor's z-score over
+    the body) and half the gap between neighbouring levels (they are equally spaced): a :class:`WindowNet` of
+    that width around a level picks exactly that tissue.
+    """
+    g = Geometry(shape=(40, 36, 16), spacing_mm=(2.0, 2.0, 3.0), origin_mm=(0.0, 0.0, 0.0))
+    arr = np.zeros(g.shape, np.float32)
+    arr[2:38, 2:34, 1:15] = 100.0
+    gtv, bowel = np.zeros(g.shape, bool), np.zeros(g.shape, bool)
+    gtv[6:16, 8:20, 4:10], bowel[22:34, 14:28, 5:12] = True, True
+    arr[gtv], arr[bowel] = 300.0, 500.0
+    body = arr[arr > 0.05 * np.percentile(arr, 99)]
+    level = {v: float((v - body.mean()) / body.std()) for v in (100.0, 300.0, 500.0)}
+    return Volume(arr, g), gtv, bowel, level, (level[300.0] - level[100.0]) / 2
+
+
+def two_structure_plan() -> Plan:
+    """A plan for GTV and BOWEL on :func:`two_structure_image`'s grid (the network is replaced in the tests)."""
+    net = NetworkPlan(name="DynUNet", kernel_size=[(3, 3, 3)] * 2, strides=[(1, 1, 1), (2, 2, 2)], filters=[4, 8])
+    return Plan(task="t", structures=["GTV", "BOWEL"], target_spacing_mm=(2.0, 2.0, 3.0), patch_size=(16, 16, 16),
+                network=net, flip_axes=(), training_profile={"median_spacing_mm": [2.0, 2.0, 3.0]},
+                schedule=Schedule(epochs=1, iterations_per_epoch=1, batch_size=1, est_seconds_per_iteration=0,
+                                  est_training_minutes=0))

@@ -387,6 +387,8 @@ def baseline_of(start: ModelBundle, *, patient: str, store: str | os.PathLike[st
         ConfigError: ``start`` is another patient's model, or its population model cannot be loaded or segments
             other structures.
     """
+    from sarcart.inference.service_adapter import patient_structures  # the service's reading of the meta
+
     meta = dict(start.meta or {})
     structures = list(start.plan.structures)
     if "population_model" not in meta:
@@ -395,8 +397,7 @@ def baseline_of(start: ModelBundle, *, patient: str, store: str | os.PathLike[st
     if owner and owner != patient:
         raise ConfigError(f"the model is the fine-tuned model of patient {owner}, not of this course's patient "
                           f"{patient}; fine-tune from the population model ({meta['population_model']}) instead")
-    chosen = meta.get("patient_structures")
-    used = structures if chosen is None else [s for s in structures if s in set(chosen)]
+    used = patient_structures(start, structures)
     if used == structures:
         return None, structures
     ref = str(meta["population_model"])

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from known_answer import SignNet, WindowNet, dice, midpoint
+from known_answer import SignNet, WindowNet, dice, midpoint, two_structure_image, two_structure_plan
 
 from sarcart.inference.service_adapter import make_segmenter
 from sarcart.io.geometry import Geometry, Volume
@@ -131,23 +131,11 @@ def test_a_patient_model_kept_for_some_structures_draws_only_those(monkeypatch, 
     right on both, with each structure's QA naming the model that drew it."""
     import sarcart.inference.service_adapter as sa
 
-    g = Geometry(shape=(40, 36, 16), spacing_mm=(2.0, 2.0, 3.0), origin_mm=(0.0, 0.0, 0.0))
-    arr = np.zeros(g.shape, np.float32)
-    arr[2:38, 2:34, 1:15] = 100.0
-    gtv, bowel = np.zeros(g.shape, bool), np.zeros(g.shape, bool)
-    gtv[6:16, 8:20, 4:10], bowel[22:34, 14:28, 5:12] = True, True
-    arr[gtv], arr[bowel] = 300.0, 500.0
-    body = arr[arr > 0.05 * np.percentile(arr, 99)]  # the predictor's z-score (tests/known_answer.py)
-    level = {v: float((v - body.mean()) / body.std()) for v in (100.0, 300.0, 500.0)}
-    half_gap = (level[300.0] - level[100.0]) / 2  # the three levels are equally spaced
+    image, gtv, bowel, level, half_gap = two_structure_image()
     nets = {"population": WindowNet((None, level[500.0]), half_gap),  # finds the bowel, misses the GTV
             "patient": WindowNet((level[300.0], None), half_gap)}  # the other way round
     monkeypatch.setattr(ModelBundle, "network", lambda self, device=None: nets[self.meta["name"]].eval())
-    net = NetworkPlan(name="DynUNet", kernel_size=[(3, 3, 3)] * 2, strides=[(1, 1, 1), (2, 2, 2)], filters=[4, 8])
-    plan = Plan(task="t", structures=["GTV", "BOWEL"], target_spacing_mm=(2.0, 2.0, 3.0), patch_size=(16, 16, 16),
-                network=net, flip_axes=(), training_profile={"median_spacing_mm": [2.0, 2.0, 3.0]},
-                schedule=Schedule(epochs=1, iterations_per_epoch=1, batch_size=1, est_seconds_per_iteration=0,
-                                  est_training_minutes=0))
+    plan = two_structure_plan()
     pop = save_bundle(ModelBundle(plan, {}, {"name": "population", "version": "3"}), tmp_path / "pop.pt")
     pat = save_bundle(ModelBundle(plan, {}, {"name": "patient", "version": "", "patient_structures": ["GTV"]}),
                       tmp_path / "pat.pt")
@@ -161,16 +149,16 @@ def test_a_patient_model_kept_for_some_structures_draws_only_those(monkeypatch, 
         return {n: dice(masks[n].array, ref) if masks[n].array.any() else 0.0
                 for n, ref in (("GTV", gtv), ("BOWEL", bowel))}
 
-    masks, qa, model = seg(SimpleNamespace(volume=Volume(arr, g), header={"PatientID": "PAT-8"}))
+    masks, qa, model = seg(SimpleNamespace(volume=image, header={"PatientID": "PAT-8"}))
     assert dices(masks)["GTV"] == 0.0 and dices(masks)["BOWEL"] > 0.95  # population alone
     assert not qa["patient_specific_model"] and model == "population 3"
-    masks, qa, model = seg(SimpleNamespace(volume=Volume(arr, g), header={"PatientID": "PAT-7"}))
+    masks, qa, model = seg(SimpleNamespace(volume=image, header={"PatientID": "PAT-7"}))
     assert min(dices(masks).values()) > 0.95, dices(masks)  # merged: right on both
     assert qa["patient_specific_model"] and qa["patient_model_structures"] == ["GTV"]
     assert {n: q["model"] for n, q in qa["structures"].items()} == {"GTV": "patient", "BOWEL": "population 3"}
     assert model == "patient (GTV) + population 3" and qa["flagged"] == sorted(
         n for n, q in qa["structures"].items() if q["flags"])
-    masks, qa, model = seg(SimpleNamespace(volume=Volume(arr, g), header={"PatientID": "PAT-9"}))
+    masks, qa, model = seg(SimpleNamespace(volume=image, header={"PatientID": "PAT-9"}))
     assert dices(masks)["GTV"] > 0.95 and dices(masks)["BOWEL"] == 0.0  # the patient model draws everything
     assert qa["patient_model_structures"] == ["GTV", "BOWEL"] and model == "patient 1"
     assert sa.patient_structures(ModelBundle(plan, {}, {"patient_structures": ["BOWEL"]}), plan.structures) == [

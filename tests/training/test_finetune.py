@@ -305,25 +305,19 @@ def test_approved_rtstruct_is_read_on_the_fraction_series_and_preferred_to_the_l
 
 
 def _two_structure_course(root, name="TOY-PAT-8", fractions=2):
-    """``fractions`` fractions of one image: GTV (300) and BOWEL (500) in a body (100); returns the course and the
-    networks' windows (normalised levels as the predictor sees them, tests/known_answer.py)."""
-    from sarcart.io.geometry import Geometry, Volume
+    """``fractions`` fractions of known_answer's two-structure image (GTV 300, BOWEL 500 in a body of 100);
+    returns the course and the networks' windows (normalised levels as the predictor sees them)."""
+    from known_answer import two_structure_image
 
-    g = Geometry(shape=(40, 36, 16), spacing_mm=(2.0, 2.0, 3.0), origin_mm=(0.0, 0.0, 0.0))
-    arr = np.zeros(g.shape, np.float32)
-    arr[2:38, 2:34, 1:15] = 100.0
-    labels = np.zeros(g.shape, np.uint8)
-    labels[6:16, 8:20, 4:10], labels[22:34, 14:28, 5:12] = 1, 2
-    arr[labels == 1], arr[labels == 2] = 300.0, 500.0
+    image, gtv, bowel, level, half_gap = two_structure_image()
+    labels = image.with_array(np.where(gtv, 1, np.where(bowel, 2, 0)).astype(np.uint8))
     write_course(root, CourseConfig(patient=name, site="retroperitoneum", synthetic=True,
                                     prescription=Prescription(dose_gy=48, fractions=fractions)))
     spec = LabelSpec(values={1: "GTV", 2: "BOWEL"}, structures={"GTV": (1,), "BOWEL": (2,)})
     for i in range(fractions):
-        write_nifti(Volume(arr, g), root / f"fx{i:02d}" / "image.nii.gz")
-        write_labels(Volume(labels, g), spec, root / f"fx{i:02d}" / "labels.nii.gz")
-    body = arr[arr > 0.05 * np.percentile(arr, 99)]
-    level = {v: float((v - body.mean()) / body.std()) for v in (100.0, 300.0, 500.0)}
-    return root, level, (level[300.0] - level[100.0]) / 2
+        write_nifti(image, root / f"fx{i:02d}" / "image.nii.gz")
+        write_labels(labels, spec, root / f"fx{i:02d}" / "labels.nii.gz")
+    return root, level, half_gap
 
 
 def test_fine_tuning_further_from_a_patient_model_compares_each_structure_with_what_the_service_runs(
@@ -332,10 +326,9 @@ def test_fine_tuning_further_from_a_patient_model_compares_each_structure_with_w
     Fine-tuning further from P1 gives P2, which, like P1, misses the bowel. P2 must be compared on the bowel
     with the population model (which finds it: P2 is worse) and not with P1 (which misses it too: 'not
     worse'), or the service would take an empty bowel from P2."""
-    from known_answer import WindowNet
+    from known_answer import WindowNet, two_structure_plan
 
     import sarcart.training.finetune as ft
-    from sarcart.models.plan import NetworkPlan, Plan, Schedule
     from sarcart.training.finetune import patient_key
 
     course, level, half_gap = _two_structure_course(tmp_path / "course")
@@ -345,10 +338,7 @@ def test_fine_tuning_further_from_a_patient_model_compares_each_structure_with_w
     monkeypatch.setattr(ModelBundle, "network", lambda self, device=None: nets[self.meta["name"]].eval())
     monkeypatch.setattr(ft, "fine_tune", lambda start, fit, cfg, **kw: (
         ModelBundle(start.plan, {}, {**start.meta, "name": "p2"}), [0.5], 0.0))
-    net = NetworkPlan(name="DynUNet", kernel_size=[(3, 3, 3)] * 2, strides=[(1, 1, 1), (2, 2, 2)], filters=[4, 8])
-    plan = Plan(task="t", structures=["GTV", "BOWEL"], target_spacing_mm=(2.0, 2.0, 3.0), patch_size=(16, 16, 16),
-                network=net, flip_axes=(), schedule=Schedule(epochs=1, iterations_per_epoch=1, batch_size=1,
-                                                             est_seconds_per_iteration=0, est_training_minutes=0))
+    plan = two_structure_plan()
     pop = save_bundle(ModelBundle(plan, {}, {"name": "population", "version": "3"}), tmp_path / "pop.pt")
     me = patient_key(course)
     p1_meta = {"name": "p1", "patient": me, "population_model": str(pop), "population_version": "3",
@@ -402,10 +392,9 @@ def test_cross_validated_keep_rule_judges_every_fold_and_deploys_a_model_fine_tu
     nothing wrong and takes the bowel from the patient model; cross-validated, the bowel's mean over the folds
     (Dice 2/3 of the population's) is worse and stays with the population model. Every fold's fine-tuning
     excludes its held-out fraction; the deployed model is fine-tuned on all three."""
-    from known_answer import WindowNet
+    from known_answer import WindowNet, two_structure_plan
 
     import sarcart.training.finetune as ft
-    from sarcart.models.plan import NetworkPlan, Plan, Schedule
 
     course, level, half_gap = _two_structure_course(tmp_path / "course", fractions=3)
     gtv_bowel, bowel_only = (level[300.0], level[500.0]), (None, level[500.0])
@@ -422,10 +411,7 @@ def test_cross_validated_keep_rule_judges_every_fold_and_deploys_a_model_fine_tu
 
     monkeypatch.setattr(ModelBundle, "network", lambda self, device=None: nets[self.meta["name"]].eval())
     monkeypatch.setattr(ft, "fine_tune", fake_fine_tune)
-    net = NetworkPlan(name="DynUNet", kernel_size=[(3, 3, 3)] * 2, strides=[(1, 1, 1), (2, 2, 2)], filters=[4, 8])
-    plan = Plan(task="t", structures=["GTV", "BOWEL"], target_spacing_mm=(2.0, 2.0, 3.0), patch_size=(16, 16, 16),
-                network=net, flip_axes=(), schedule=Schedule(epochs=1, iterations_per_epoch=1, batch_size=1,
-                                                             est_seconds_per_iteration=0, est_training_minutes=0))
+    plan = two_structure_plan()
     pop = save_bundle(ModelBundle(plan, {}, {"name": "population", "version": "3"}), tmp_path / "pop.pt")
 
     single = finetune(course, pop, config=FinetuneConfig(register_model=False), out=tmp_path / "single")

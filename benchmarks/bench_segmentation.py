@@ -191,7 +191,7 @@ def training_table(args: argparse.Namespace) -> None:
         # the planner's cost model (GFLOP per patch, forward + backward) times the measured rate: the value
         # of Budget.throughput_gflops that would have predicted this machine exactly
         gflop = cost_gflop(plan.patch_size, plan.network.kernel_size, plan.network.strides,
-                           filters=plan.network.filters)
+                           filters=plan.network.filters, in_channels=max(1, plan.network.context_slices))
         sp = "x".join(f"{s:.2f}" for s in plan.target_spacing_mm)
         print(f"| {task} | {'x'.join(map(str, plan.patch_size))} @ {sp} | {net_ps:.2f} | {full_ps:.2f} | {est:.2f} "
               f"| {gflop * full_ps:.0f} |")

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sarcart.errors import ConfigError
 
@@ -90,10 +91,25 @@ class Budget(_Frozen):
     patch_size: tuple[int, int, int] | None = None
     epochs: int | None = Field(default=None, ge=1)
     flip_axes: tuple[int, ...] | None = None
+    # 2.5D: a 2D network on each axial slice, its neighbours as channels (0 = a 3D network)
+    context_slices: int = Field(default=0, ge=0, le=15, description="0: 3D network; odd k: 2.5D with k slices")
+    slab_slices: int = Field(default=8, ge=1, le=64, description="2.5D: axial slices per training patch")
+
+    @model_validator(mode="after")
+    def _odd_context(self) -> Budget:
+        if self.context_slices and self.context_slices % 2 == 0:
+            raise ValueError(f"context_slices must be 0 (3D) or odd (the slice and as many neighbours on each "
+                             f"side), got {self.context_slices}")
+        return self
 
 
 class NetworkPlan(_Frozen):
-    """Network topology; kernels and strides per level, as MONAI's DynUNet takes them."""
+    """Network topology; kernels and strides per level, as MONAI's DynUNet takes them.
+
+    ``context_slices`` k > 0 makes the network 2.5D (:class:`sarcart.models.networks.SliceStack`): a 2D
+    network runs on every axial (x, y) slice with the k nearest slices as input channels, so kernels and
+    strides keep 1 along z.
+    """
 
     name: Literal["DynUNet", "SegResNet", "UNet"]
     kernel_size: list[tuple[int, int, int]]
@@ -102,6 +118,20 @@ class NetworkPlan(_Frozen):
     deep_supervision: bool = True
     deep_supr_num: int = 1
     norm: str = "instance"
+    context_slices: int = Field(default=0, ge=0, le=15)
+
+    @model_validator(mode="after")
+    def _in_plane(self) -> NetworkPlan:
+        if self.context_slices:
+            if self.context_slices % 2 == 0:
+                raise ValueError(f"context_slices must be odd, got {self.context_slices}")
+            if any(k[2] != 1 for k in self.kernel_size) or any(st[2] != 1 for st in self.strides):
+                raise ValueError("a 2.5D network (context_slices > 0) needs kernel and stride 1 along z")
+        return self
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2 if self.context_slices else 3
 
 
 class Normalisation(_Frozen):
@@ -155,14 +185,18 @@ class Plan(_Frozen):
             raise ConfigError(f"cannot read plan {path}: {exc}") from exc
 
 
-def topology(spacing_mm: tuple[float, ...], size: tuple[int, ...], max_levels: int) -> tuple[list, list]:
+def topology(spacing_mm: tuple[float, ...], size: tuple[int, ...], max_levels: int, *,
+             in_plane: bool = False) -> tuple[list, list]:
     """Kernels and strides per level for a patch of ``size`` voxels at ``spacing_mm``.
 
     An axis is downsampled while its spacing is within 2x of the finest current spacing and its
     feature map keeps at least 4 voxels after halving; its kernel is 1 while it is much coarser.
+    ``in_plane`` (2.5D networks): z is never convolved nor downsampled (kernel and stride 1).
     Returns ``(kernels, strides)``, lists of 3-tuples, the first stride ``(1, 1, 1)``.
     """
     sp, sz = list(spacing_mm), list(size)
+    if in_plane:
+        sp[2] = math.inf
     kernels: list[tuple[int, ...]] = [tuple(3 if s <= 2 * min(sp) else 1 for s in sp)]
     strides: list[tuple[int, ...]] = [(1, 1, 1)]
     while len(strides) < max_levels:
@@ -193,14 +227,16 @@ def _level_sizes(patch: tuple[int, ...], strides: list) -> list[float]:
     return sizes
 
 
-def cost_gflop(patch: tuple[int, ...], kernels: list, strides: list, *, filters: list[int]) -> float:
+def cost_gflop(patch: tuple[int, ...], kernels: list, strides: list, *, filters: list[int],
+               in_channels: int = 1) -> float:
     """Training GFLOP for one patch through a U-Net (encoder + decoder, forward + backward = 3x forward).
 
     Each level has two convolutions in the encoder and two in the decoder (the first with the
-    skip concatenation), ``2 * k^3 * c_in * c_out`` FLOP per output voxel.
+    skip concatenation), ``2 * k^3 * c_in * c_out`` FLOP per output voxel (``k^3`` = the kernel's
+    voxels: 9 for a 2.5D network's 3 x 3 x 1 kernels, whose ``in_channels`` are its context slices).
     """
     total = 0.0
-    c_prev = 1
+    c_prev = in_channels
     for n_vox, k, f in zip(_level_sizes(patch, strides), kernels, filters):
         kk = float(np.prod(k))
         enc = kk * (c_prev * f + f * f)

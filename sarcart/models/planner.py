@@ -64,18 +64,26 @@ def _round_up(size: np.ndarray, div: tuple[int, int, int]) -> tuple[int, int, in
 
 def _fit_patch(spacing: tuple[float, float, float], extent_mm: tuple[float, ...], budget: Budget,
                *, max_seconds: float) -> _Candidate:
-    """Largest patch (at most the median image, rounded to the stride divisor) inside memory and time."""
+    """Largest patch (at most the median image, rounded to the stride divisor) inside memory and time.
+
+    2.5D (``budget.context_slices``): the patch is ``budget.slab_slices`` axial slices deep and its
+    coverage counts the in-plane axes only.
+    """
     shape = np.maximum(np.asarray(extent_mm) / np.asarray(spacing), 1.0)
+    in_plane = budget.context_slices > 0
     if budget.patch_size is not None:
         target = np.asarray(budget.patch_size, float)
     else:
         target = shape.copy()
+        if in_plane:
+            target[2] = budget.slab_slices
     for _ in range(200):
-        kernels, strides = topology(spacing, tuple(int(t) for t in target), budget.max_levels)
+        kernels, strides = topology(spacing, tuple(int(t) for t in target), budget.max_levels, in_plane=in_plane)
         div = divisor(strides)
         patch = budget.patch_size or _round_up(target, div)
         filters = filters_for(len(strides), budget)
-        sec = cost_gflop(patch, kernels, strides, filters=filters) * budget.batch_size / budget.throughput_gflops
+        sec = cost_gflop(patch, kernels, strides, filters=filters, in_channels=max(1, budget.context_slices)) \
+            * budget.batch_size / budget.throughput_gflops
         mem = memory_mb(patch, strides, filters, batch=budget.batch_size)
         fits = mem <= budget.memory_budget_mb and sec <= max_seconds
         if fits or budget.patch_size is not None or max(target) <= 8:
@@ -83,7 +91,8 @@ def _fit_patch(spacing: tuple[float, float, float], extent_mm: tuple[float, ...]
         # shrink the axis with the largest physical extent by one divisor step
         a = int(np.argmax(target * np.asarray(spacing)))
         target[a] = max(_round_up(target, div)[a] - div[a], div[a]) if target[a] > div[a] else target[a] / 2
-    cov = float(np.min(np.minimum(np.asarray(patch) / shape, 1.0)))
+    covered = np.minimum(np.asarray(patch) / shape, 1.0)
+    cov = float(np.min(covered[:2] if in_plane else covered))
     return _Candidate(spacing, patch, kernels, strides, filters, sec, cov)
 
 
@@ -152,6 +161,7 @@ def make_plan(fp: Fingerprint, budget: Budget | None = None, *, task: str) -> Pl
     network = NetworkPlan(
         name=budget.network, kernel_size=cand.kernels, strides=cand.strides, filters=cand.filters,
         deep_supervision=budget.network == "DynUNet" and levels > 2, deep_supr_num=max(1, min(2, levels - 2)),
+        context_slices=budget.context_slices,
     )
     schedule = Schedule(
         epochs=epochs, iterations_per_epoch=budget.iterations_per_epoch, batch_size=budget.batch_size,
@@ -159,6 +169,11 @@ def make_plan(fp: Fingerprint, budget: Budget | None = None, *, task: str) -> Pl
         est_training_minutes=round(epochs * budget.iterations_per_epoch * cand.seconds_per_iteration / 60, 1),
     )
     patch_mm = tuple(round(p * s) for p, s in zip(cand.patch, cand.spacing))
+    if budget.context_slices:
+        notes.append(
+            f"2.5D: a 2D {budget.network} on each axial slice with its {budget.context_slices} nearest slices "
+            f"({budget.context_slices * cand.spacing[2]:.1f} mm) as input channels; {cand.patch[2]} slices per "
+            f"training patch")
     notes += [
         (f"patch {cand.patch} voxels ({patch_mm} mm), batch {budget.batch_size}, {levels} levels, "
          f"filters {cand.filters}"),

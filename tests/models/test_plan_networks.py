@@ -146,3 +146,55 @@ def test_full_coverage_goes_isotropic_beyond_the_coarsest_axis():
     assert "isotropic" in plan.decisions[0]
     coarse = make_plan(_fp(), Budget(min_coverage=1.0, throughput_gflops=40, max_spacing_mm=3.5), task="t")
     assert max(coarse.target_spacing_mm) <= 3.5 and "no spacing" in coarse.decisions[0]
+
+
+def _stacked(x: torch.Tensor, z: int, context: int) -> torch.Tensor:
+    """Slice z of ``(B, 1, X, Y, Z)`` with its neighbours as channels, the end slices repeated."""
+    h, nz = context // 2, x.shape[-1]
+    return torch.cat([x[..., min(max(j, 0), nz - 1)] for j in range(z - h, z + h + 1)], dim=1)
+
+
+def test_a_2p5d_network_is_its_2d_network_on_each_slice_with_the_neighbours_as_channels():
+    torch.manual_seed(0)
+    plan = NetworkPlan(name="DynUNet", kernel_size=[(3, 3, 1)] * 3, strides=[(1, 1, 1), (2, 2, 1), (2, 2, 1)],
+                       filters=[4, 8, 16], deep_supr_num=1, context_slices=3)
+    net = build_network(plan, out_channels=2).eval()
+    x = torch.randn(2, 1, 16, 16, 5)
+    with torch.no_grad():
+        out = net(x)
+        assert out.shape == (2, 2, 16, 16, 5)
+        for z in range(5):  # the end slices (0, 4) see their own slice repeated
+            assert torch.allclose(out[..., z], net.net2d(_stacked(x, z, 3)), atol=1e-5)
+        # no context across z beyond the neighbours: moving the volume by a slice moves the interior output
+        moved = net(torch.roll(x, 1, dims=-1))
+        assert torch.allclose(moved[..., 2:4], out[..., 1:3], atol=1e-5)
+    net.train()
+    ds = net(x)
+    assert ds.shape == (2, 2, 2, 16, 16, 5)  # (B, heads, C, X, Y, Z) as a 3D DynUNet with deep supervision
+    assert main_output(ds).shape == (2, 2, 16, 16, 5)
+
+
+def test_a_2p5d_plan_convolves_in_plane_only_and_its_patch_is_a_slab_covering_the_slice():
+    budget = Budget(min_coverage=1.0, throughput_gflops=40, context_slices=5, slab_slices=8)
+    plan = make_plan(_fp(), budget, task="t")
+    assert plan.network.context_slices == 5
+    assert all(k[2] == 1 for k in plan.network.kernel_size) and all(s[2] == 1 for s in plan.network.strides)
+    assert plan.patch_size[2] == 8 and plan.target_spacing_mm[2] == pytest.approx(3.27)
+    # the patch covers the whole median slice (140 x 140 voxels of 0.98 mm), not the median depth
+    assert all(p * s >= 140 * 0.98 for p, s in zip(plan.patch_size[:2], plan.target_spacing_mm[:2]))
+    sec = cost_gflop(plan.patch_size, plan.network.kernel_size, plan.network.strides,
+                      filters=plan.network.filters, in_channels=5) * 2 / 40
+    assert sec == pytest.approx(plan.schedule.est_seconds_per_iteration, rel=1e-2)
+    assert any(d.startswith("2.5D") for d in plan.decisions)
+    # by hand: one level of 3 x 3 x 1 kernels, 5 context slices -> 4 channels on 10 x 10 x 1 voxels:
+    # encoder 9 * (5*4 + 4*4) = 324, decoder 9 * 3 * 16 = 432 MACs/voxel; x2 FLOP, x100 voxels, x3 train
+    got = cost_gflop((10, 10, 1), [(3, 3, 1)], [(1, 1, 1)], filters=[4], in_channels=5)
+    assert got == pytest.approx(3 * 2 * 100 * (324 + 432) / 1e9)
+
+
+def test_2p5d_settings_that_cannot_work_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="context_slices must be 0"):
+        Budget(context_slices=4)
+    with pytest.raises(ValueError, match="kernel and stride 1 along z"):
+        NetworkPlan(name="DynUNet", kernel_size=[(3, 3, 3)] * 2, strides=[(1, 1, 1), (2, 2, 2)], filters=[4, 8],
+                    context_slices=3)

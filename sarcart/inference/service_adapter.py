@@ -13,7 +13,8 @@ This module must not import :mod:`sarcart.service` (the dependency runs the othe
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -147,6 +148,8 @@ def make_segmenter(model: str, *, device: str | None = None, tta: bool = False, 
             q["model"] = name
         return masks, qa, name
 
+    digests: dict[str, str] = {}
+
     def segment(series: Any) -> tuple[dict[str, Volume], dict[str, Any], str]:
         image = series.volume
         predictor = choose(series)
@@ -157,11 +160,46 @@ def make_segmenter(model: str, *, device: str | None = None, tta: bool = False, 
             qa["patient_model_structures"] = mine
             if mine != list(population.structures):
                 masks, qa, name = merge(run(population, image), (masks, qa, name), mine)
+            if dict(getattr(predictor.bundle, "meta", {}) or {}).get("population_digest") and not digests:
+                digests["population"] = population.bundle.weights_digest()  # once per warm service
+            judged_against(qa, predictor.bundle, population.bundle, digests.get("population", ""), mine)
         log.info("segmented %s with %s in %.1f s; flagged: %s", getattr(series, "series_uid", "series"),
                  name, qa["seconds"], qa["flagged"] or "none")
         return masks, qa, name
 
     return segment
+
+
+def judged_against(qa: dict[str, Any], patient: Any, population: Any, population_digest: str,
+                   chosen: list[str]) -> None:
+    """Check that a patient model was judged against the population model this service runs.
+
+    ``sarcart finetune`` keeps a structure from the patient model only where it was not worse than the
+    population model it was compared with (its meta ``population_digest``: that model's weights digest). When
+    the service runs other population weights (a newer champion, another ``--model``), that judgement does not
+    hold for it: every structure the patient model draws is flagged for review. ``qa["patient_model_baseline"]``
+    says which case applies (``"same"``, ``"different"``, or ``"not recorded"`` for patient models fine-tuned
+    before the digest was written, which are not flagged).
+    """
+    meta = dict(getattr(patient, "meta", {}) or {})
+    judged = meta.get("population_digest")
+    if not judged:
+        qa["patient_model_baseline"] = "not recorded"
+        return
+    if str(judged) == population_digest:
+        qa["patient_model_baseline"] = "same"
+        return
+    qa["patient_model_baseline"] = "different"
+    was = f"{meta.get('population_model', 'a population model')} v{meta.get('population_version', '?')}"
+    for n in chosen:
+        q = qa.get("structures", {}).get(n)
+        if q is None:
+            continue
+        q.setdefault("flags", []).append(
+            f"{n} drawn by a patient model that was judged against {was} (weights {str(judged)[:8]}), not against "
+            f"the population model this service runs ({population.name} v{population.version}, weights "
+            f"{population_digest[:8]}): review it, or fine-tune the patient model again from the service's model")
+    qa["flagged"] = sorted(n for n, q in qa.get("structures", {}).items() if q.get("flags"))
 
 
 def merge(population: tuple[dict[str, Volume], dict[str, Any], str],

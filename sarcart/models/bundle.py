@@ -12,6 +12,7 @@ values, loaded with ``torch.load(weights_only=True)`` (no pickled code is execut
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -62,6 +63,17 @@ class ModelBundle:
     @property
     def version(self) -> str:
         return str(self.meta.get("version", "unversioned"))
+
+    def weights_digest(self) -> str:
+        """SHA-256 (first 16 hex digits) of the weights as float32: the same model whatever its name, path,
+        registry version or storage precision (a float16 bundle and its float32 load agree)."""
+        h = hashlib.sha256()
+        for k in sorted(self.state_dict):
+            v = self.state_dict[k].detach().cpu()
+            h.update(k.encode())
+            h.update(str(v.dtype if not v.is_floating_point() else torch.float32).encode())
+            h.update((v.float() if v.is_floating_point() else v).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
 
 def save_bundle(bundle: ModelBundle, path: str | os.PathLike[str], *, half: bool = False) -> Path:

@@ -414,6 +414,16 @@ def baseline_of(start: ModelBundle, *, patient: str, store: str | os.PathLike[st
     return population, used
 
 
+def _population_digest(start: ModelBundle, root: ModelBundle | None) -> str | None:
+    """The weights digest of the population model the keep rule judged against (the service compares it with
+    the population model it runs): ``start``'s own when it is a population model."""
+    if "population_model" not in start.meta:
+        return start.weights_digest()
+    if start.meta.get("population_digest"):
+        return str(start.meta["population_digest"])
+    return root.weights_digest() if root is not None else None
+
+
 def deployed_table(start: pd.DataFrame, population: pd.DataFrame, start_structures: list[str]) -> pd.DataFrame:
     """Score rows of the deployed combination: ``start``'s for ``start_structures``, ``population``'s for the
     others (tables of :func:`score_model` on the same fraction)."""
@@ -587,6 +597,7 @@ def finetune(
     meta = {**start.meta, "name": name, "task": start.plan.task, "patient": patient_key(patient_dir),
             "population_model": root_model,
             "population_version": start.meta.get("population_version", start.version),
+            "population_digest": _population_digest(start, root),
             "started_from": str(model), "fit_fractions": res.fit_fractions, "holdout": res.holdout,
             "holdouts": res.holdouts,
             "finetune_seconds": round(seconds, 1), "patient_structures": used}

@@ -54,9 +54,9 @@ def test_masks_match_the_known_answer_and_crisp_output_is_confident(monkeypatch,
 
 def test_diffuse_probabilities_edge_contact_and_sagittal_input_are_flagged(monkeypatch, bundle_path):
     # the box reaches the image border, the network is unsure (gain 0.3: p stays near 0.5 around the edge)
-    image, box = _image((slice(0, 14), slice(10, 24), slice(5, 11)))
+    image, _box = _image((slice(0, 14), slice(10, 24), slice(5, 11)))
     seg = _segmenter(monkeypatch, bundle_path, midpoint(image.array), gain=0.3)
-    masks, qa, _ = seg(SimpleNamespace(volume=image))
+    _, qa, _ = seg(SimpleNamespace(volume=image))
     q = qa["structures"]["GTV"]
     # p near 0.5 in the band around the mask: soft Dice 2Σpm/(Σp+Σm) falls well below the crisp case (~1)
     assert q["confidence_raw"] < 0.9
@@ -163,3 +163,47 @@ def test_a_patient_model_kept_for_some_structures_draws_only_those(monkeypatch, 
     assert qa["patient_model_structures"] == ["GTV", "BOWEL"] and model == "patient 1"
     assert sa.patient_structures(ModelBundle(plan, {}, {"patient_structures": ["BOWEL"]}), plan.structures) == [
         "BOWEL"]
+
+
+def test_a_patient_model_judged_against_other_population_weights_is_flagged(monkeypatch, tmp_path):
+    """The keep rule compared the patient model with population weights W (meta population_digest). A service
+    running W under another name or path agrees; one running other weights W' (a newer champion) must flag the
+    structures the patient model draws, and only those; a patient model without the record is noted, not
+    flagged."""
+    import torch
+
+    import sarcart.inference.service_adapter as sa
+
+    image, gtv, bowel, level, half_gap = two_structure_image()
+    nets = {"population": WindowNet((None, level[500.0]), half_gap), "patient": WindowNet((level[300.0], None), half_gap)}
+    monkeypatch.setattr(ModelBundle, "network", lambda self, device=None: nets[self.meta["name"]].eval())
+    plan = two_structure_plan()
+    w, w_new = {"w": torch.ones(3)}, {"w": torch.tensor([1.0, 1.0, 1.0 + 2 ** -20])}  # one weight one step apart
+    judged = ModelBundle(plan, w, {"name": "population", "version": "3"})
+    pop = save_bundle(judged, tmp_path / "pop.pt")
+    renamed = save_bundle(ModelBundle(plan, w, {"name": "population", "version": "7"}), tmp_path / "copy.pt", half=True)
+    newer = save_bundle(ModelBundle(plan, w_new, {"name": "population", "version": "4"}), tmp_path / "new.pt")
+    meta = {"name": "patient", "version": "2", "patient_structures": ["GTV"], "population_model": str(pop),
+            "population_version": "3", "population_digest": judged.weights_digest()}
+    uris = {"PAT-7": str(save_bundle(ModelBundle(plan, {}, meta), tmp_path / "pat.pt")),
+            "PAT-9": str(save_bundle(ModelBundle(plan, {}, {**meta, "population_digest": None}), tmp_path / "old.pt"))}
+    monkeypatch.setattr(sa, "patient_model_uri", lambda task, pid, **kw: uris.get(pid))
+
+    def run(model, pid):
+        masks, qa, _ = make_segmenter(str(model), device="cpu")(SimpleNamespace(volume=image, header={"PatientID": pid}))
+        return masks, qa
+
+    for same in (pop, renamed):  # the same weights (also stored as float16 and registered as v7)
+        masks, qa = run(same, "PAT-7")
+        assert qa["patient_model_baseline"] == "same"
+        assert not any("judged against" in f for q in qa["structures"].values() for f in q["flags"])
+    masks, qa = run(newer, "PAT-7")
+    assert qa["patient_model_baseline"] == "different"
+    gtv_flags = [f for f in qa["structures"]["GTV"]["flags"] if "judged against" in f]
+    assert len(gtv_flags) == 1 and f"{pop} v3" in gtv_flags[0] and "population v4" in gtv_flags[0]
+    assert "GTV" in qa["flagged"]
+    assert not any("judged against" in f for f in qa["structures"]["BOWEL"]["flags"])  # drawn by the service's model
+    assert dice(masks["GTV"].array, gtv) > 0.95 and dice(masks["BOWEL"].array, bowel) > 0.95  # the masks are kept
+    masks, qa = run(newer, "PAT-9")
+    assert qa["patient_model_baseline"] == "not recorded"
+    assert not any("judged against" in f for q in qa["structures"].values() for f in q["flags"])

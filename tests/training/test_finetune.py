@@ -205,6 +205,8 @@ def test_kept_only_when_not_worse_and_the_alias_moves_only_then(setup, tmp_path)
     v2 = client.get_model_version(name, "2").tags  # v2 started from v1, whose population model stays the root
     assert (v2["started_from"], v2["population_model"]) == (f"models:/{name}/1", str(setup["population"]))
     assert load_bundle(bad.bundle_path).meta["population_model"] == str(setup["population"])
+    # the population model's weights, whatever it is called, are what the service checks it runs
+    assert load_bundle(bad.bundle_path).meta["population_digest"] == load_bundle(setup["population"]).weights_digest()
     run = client.get_run(bad.run_id)
     assert "TOY-PAT-7" not in str(run.data.params) + str(run.data.tags)  # hashed patient id only
     assert run.data.metrics["fit_loss_population"] == pytest.approx(bad.loss_before)
@@ -354,6 +356,7 @@ def test_fine_tuning_further_from_a_patient_model_compares_each_structure_with_w
     assert res.structures == ["GTV"]  # the bowel stays with the population model
     meta = load_bundle(res.bundle_path).meta
     assert (meta["population_model"], meta["started_from"], meta["patient_structures"]) == (str(pop), str(p1), ["GTV"])
+    assert meta["population_digest"] == load_bundle(pop).weights_digest()  # P1 did not record it: from the root
     assert np.isnan(res.loss_before)  # fit_loss is off by default (four inferences fewer)
 
     # P1 kept for every structure: P1 alone is the baseline (the population model is not even needed)

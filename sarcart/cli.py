@@ -55,6 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     except SarcartError as exc:
         console.print(f"[bold red]error:[/bold red] {exc}")
         return 2
+    except OSError as exc:  # a path in the way, a full disk, no permission: name the path, no traceback
+        if args.verbose:
+            raise
+        what = exc.strerror or str(exc)
+        where = f" {exc.filename}" if exc.filename else ""
+        hint = (" (a file stands where a folder is needed: choose another --out or move the file)"
+                if isinstance(exc, (FileExistsError, NotADirectoryError)) else "")
+        console.print(f"[bold red]error:[/bold red] cannot use{where}: {what}{hint}; run with -v for the traceback")
+        return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")
         return 130

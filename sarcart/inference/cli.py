@@ -133,6 +133,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> tuple:  # type: ignore[type-arg]
+    from sarcart.errors import ConfigError
     from sarcart.inference.predictor import Predictor, PredictorConfig, bundle_subvoxel
     from sarcart.tracking import hash_id
     from sarcart.training.dataset import load_datalist
@@ -140,10 +141,17 @@ def _score(args: argparse.Namespace) -> tuple:  # type: ignore[type-arg]
 
     data = load_datalist(args.data)
     entries = data["training"] if args.fold is None else [e for e in data["training"] if str(e.get("fold")) == args.fold]
+    if not entries:
+        folds = sorted({str(e.get("fold")) for e in data["training"]})
+        raise ConfigError(f"fold {args.fold} is not in {args.data}; its folds are {', '.join(folds)}")
     pred = Predictor(args.model, config=PredictorConfig(tta=args.tta, subvoxel=args.subvoxel, device=args.device,
                                                         postprocess=not args.no_postprocess), store=args.store)
     subvoxel = bundle_subvoxel(pred.bundle) if args.subvoxel is None else args.subvoxel
     structures = [s for s in pred.structures if s in data["structures"]]
+    if not structures:
+        raise ConfigError(f"the model segments {', '.join(pred.structures)} and {args.data} labels "
+                          f"{', '.join(data['structures'])}: no structure to score; pass a datalist of this model's "
+                          f"structures")
     table = evaluate_cases(pred.masks, entries, structures, case_key=hash_id, ring_mm=args.ring_mm,
                            ptv_margin_mm=args.ptv_margin_mm)
     meta = {"model": f"{pred.bundle.name} v{pred.bundle.version}", "source": args.model, "tta": args.tta,

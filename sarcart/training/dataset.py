@@ -216,8 +216,12 @@ def build_dataset(
             report.skipped.append({"case": src.case, "reason": str(exc)})
             log.warning("skipped %s: %s", src.case, exc)
     if not kept:
+        where = ", ".join(map(str, roots))
+        if not sources:
+            raise ConfigError(f"no patient folder in {where}: it must hold one sub-folder per patient (a DICOM MR "
+                              f"series with its RTSTRUCT, or image.nii.gz with masks; see docs/training.md §1)")
         reasons = "; ".join(f"{s['case']}: {s['reason']}" for s in report.skipped[:5])
-        raise ConfigError(f"no usable case in {', '.join(map(str, roots))}: {reasons}")
+        raise ConfigError(f"no usable case in {where}: {reasons}")
     folds = assign_folds([c["patient"] for c in kept], n_folds, seed)
     for c in kept:
         c["fold"] = folds[c["patient"]]

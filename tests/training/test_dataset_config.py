@@ -79,6 +79,12 @@ def test_bad_structures_and_source(tmp_path):
         build_dataset(tmp_path, tmp_path / "o", structures=["TUMOUR_X"])
     with pytest.raises(ConfigError, match="not found"):
         build_dataset(tmp_path / "nope", tmp_path / "o", structures=["GTV"])
+    (tmp_path / "empty").mkdir()  # no patient folder at all: say what the folder must hold
+    with pytest.raises(ConfigError, match="no patient folder in .*one sub-folder per patient"):
+        build_dataset(tmp_path / "empty", tmp_path / "o", structures=["GTV"])
+    (tmp_path / "one" / "P1").mkdir(parents=True)  # a patient folder with nothing readable: its reason
+    with pytest.raises(ConfigError, match="no usable case in .*P1: "):
+        build_dataset(tmp_path / "one", tmp_path / "o", structures=["GTV"])
 
 
 def test_dicom_rtstruct_case_matches_the_nifti_mask(tmp_path):

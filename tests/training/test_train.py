@@ -185,6 +185,27 @@ def test_evaluate_cli_matches_a_direct_computation(setup, tmp_path):
     assert (out / "boxplot.png").is_file()
 
 
+def test_evaluate_cli_refuses_what_it_cannot_score_and_names_the_fix(setup, tmp_path, capsys):
+    """An absent fold, a datalist of other structures and an --out that is a file: exit code 2 and a message
+    naming the problem, no traceback and no empty report."""
+    bundle, data = str(setup["run_dir"] / "bundle.pt"), setup["datalist"]
+    folds = sorted({e["fold"] for e in json.loads(data.read_text())["training"]})
+    assert main(["evaluate", "--model", bundle, "--data", str(data), "--fold", "9", "--out", str(tmp_path / "a")]) == 2
+    assert f"its folds are {', '.join(map(str, folds))}" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "a").exists()
+    other = json.loads(data.read_text())
+    other["structures"] = ["BOWEL"]
+    (data.parent / "bowel.json").write_text(json.dumps(other))
+    assert main(["evaluate", "--model", bundle, "--data", str(data.parent / "bowel.json"), "--out",
+                 str(tmp_path / "b")]) == 2
+    assert "no structure to score" in " ".join(capsys.readouterr().err.split())
+    (tmp_path / "file").write_text("")
+    assert main(["evaluate", "--model", bundle, "--data", str(data), "--fold", "0", "--out",
+                 str(tmp_path / "file")]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert str(tmp_path / "file") in said and "a file stands where a folder is needed" in said
+
+
 def test_a_registry_uri_is_fetched_from_the_store_named_by_store_not_the_default(setup, monkeypatch, tmp_path):
     """--store wins over MLFLOW_TRACKING_URI: the same scores as the run's own bundle file."""
     import pandas as pd

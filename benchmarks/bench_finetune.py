@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in res.comparison.to_dict("records"):
         cells = []
         for m, fmt in (("dice", "{:.3f}"), ("surface_dice_2mm", "{:.3f}"), ("hd95_mm", "{:.1f}")):
-            cells += [fmt.format(row[f"{m}_population"]), fmt.format(row[f"{m}_patient"]),
+            cells += [fmt.format(row[f"{m}_baseline"]), fmt.format(row[f"{m}_patient"]),
                       ("{:+.3f}" if m != "hd95_mm" else "{:+.1f}").format(row[f"{m}_gain"])]
         print(f"| {row['structure']} | " + " | ".join(cells) + f" | {'yes' if row['not_worse'] else 'NO'} |")
     print("\n| figure | value |\n|---|---|")

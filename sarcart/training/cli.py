@@ -176,8 +176,8 @@ def _finetune(args: argparse.Namespace) -> int:
     for r in res.comparison.to_dict("records"):
         tab.add_row(r["structure"], *([r["baseline"]] if len(bases) > 1 else []),
                     *[f"{r[f'{m}_{w}']:.3f}" for m in ("dice", "surface_dice_2mm")
-                                      for w in ("population", "patient")],
-                    f"{r['hd95_mm_population']:.1f}", f"{r['hd95_mm_patient']:.1f}",
+                                      for w in ("baseline", "patient")],
+                    f"{r['hd95_mm_baseline']:.1f}", f"{r['hd95_mm_patient']:.1f}",
                     ("yes" if r["not_worse"] else "NO") if r["scored"] else "not scored")
     con.print(tab)
     loss = (f"; loss on the fine-tuning fractions {res.loss_before:.4f} -> {res.loss_after:.4f}"

@@ -103,7 +103,7 @@ class FinetuneConfig(BaseModel):
 @dataclass
 class FinetuneResult:
     """What :func:`finetune` did. ``comparison``: one row per structure, the baseline (column ``baseline``;
-    scores in the ``*_population`` columns) vs the new patient model; ``structures``: those the patient model
+    scores in the ``*_baseline`` columns) vs the new patient model; ``structures``: those the patient model
     is used for (empty: rejected). ``loss_before``/``loss_after`` are NaN unless ``fit_loss``. Cross-validated:
     ``holdout`` is None, ``comparison`` holds the fold means and ``folds`` the per-fold rows."""
 
@@ -361,11 +361,11 @@ def compare(population: pd.DataFrame, patient: pd.DataFrame, *, sdice_tolerance:
     for s in a.index:
         row: dict[str, Any] = {"structure": s}
         for m in cols[1:]:
-            row[f"{m}_population"], row[f"{m}_patient"] = float(a.at[s, m]), float(b.at[s, m]) if s in b.index else np.nan
-            row[f"{m}_gain"] = row[f"{m}_patient"] - row[f"{m}_population"]
-        scored = np.isfinite(row["surface_dice_2mm_population"]) or np.isfinite(row["surface_dice_2mm_patient"])
+            row[f"{m}_baseline"], row[f"{m}_patient"] = float(a.at[s, m]), float(b.at[s, m]) if s in b.index else np.nan
+            row[f"{m}_gain"] = row[f"{m}_patient"] - row[f"{m}_baseline"]
+        scored = np.isfinite(row["surface_dice_2mm_baseline"]) or np.isfinite(row["surface_dice_2mm_patient"])
         tols = {"surface_dice_2mm": sdice_tolerance, "hd95_mm": hd95_tolerance_mm}
-        ok = [_not_worse(row[f"{m}_patient"], row[f"{m}_population"], higher_better=hb, tol=tols[m]) for m, hb in RULE]
+        ok = [_not_worse(row[f"{m}_patient"], row[f"{m}_baseline"], higher_better=hb, tol=tols[m]) for m, hb in RULE]
         row["scored"], row["not_worse"] = bool(scored), bool(all(ok)) if scored else True
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -647,11 +647,11 @@ def _register(res: FinetuneResult, cfg: FinetuneConfig, *, start: ModelBundle, m
         mlflow.log_params({"approved_source." + k: v[:250] for k, v in res.sources.items()})
         for step, v in enumerate(res.epoch_losses):
             mlflow.log_metric("train_loss", v, step=step)
-        metrics = {"fit_loss_population": res.loss_before, "fit_loss_patient": res.loss_after,
+        metrics = {"fit_loss_baseline": res.loss_before, "fit_loss_patient": res.loss_after,
                    "finetune_seconds": res.finetune_seconds, "eval_seconds": res.eval_seconds}
         for r in res.comparison.to_dict("records"):
             for m in ("dice", "surface_dice_2mm", "hd95_mm"):
-                for who in ("population", "patient"):
+                for who in ("baseline", "patient"):
                     metrics[f"holdout_{m}_{r['structure']}_{who}"] = r[f"{m}_{who}"]
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
         mlflow.log_table(res.comparison, artifact_file="finetune/comparison.json")

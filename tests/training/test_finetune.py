@@ -173,7 +173,7 @@ def test_kept_only_when_not_worse_and_the_alias_moves_only_then(setup, tmp_path)
     # the loss on the fine-tuning fractions falls (the same whole-image loss, before and after)
     assert good.loss_after < 0.7 * good.loss_before, (good.loss_before, good.loss_after)
     row = good.comparison.set_index("structure").loc["GTV"]
-    assert row["surface_dice_2mm_patient"] > row["surface_dice_2mm_population"] + 0.2, row.to_dict()
+    assert row["surface_dice_2mm_patient"] > row["surface_dice_2mm_baseline"] + 0.2, row.to_dict()
     assert good.kept and good.version == "1" and good.structures == ["GTV"]
     assert load_bundle(good.bundle_path).meta["patient_structures"] == ["GTV"]
     assert patient_model(patient, "tiny", store=store) == f"models:/{name}/1"
@@ -193,7 +193,7 @@ def test_kept_only_when_not_worse_and_the_alias_moves_only_then(setup, tmp_path)
     bad = finetune(bad_dir, f"models:/{name}/1", config=_cfg(0.01, fit_loss=True), out=tmp_path / "bad", store=store)
     assert bad.sources["fx00"] == "approved/masks" and "labels" in bad.sources["fx02"]
     r1 = bad.comparison.set_index("structure").loc["GTV"]
-    assert r1["hd95_mm_population"] == pytest.approx(row["hd95_mm_patient"], abs=1e-4)  # the baseline is v1
+    assert r1["hd95_mm_baseline"] == pytest.approx(row["hd95_mm_patient"], abs=1e-4)  # the baseline is v1
     assert r1["baseline"] == f"models:/{name}/1"  # v1 was kept for every structure of the model
     assert not bad.kept and bad.version == "2" and not bad.comparison["not_worse"].all() and bad.structures == []
     client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(store))
@@ -209,7 +209,7 @@ def test_kept_only_when_not_worse_and_the_alias_moves_only_then(setup, tmp_path)
     assert load_bundle(bad.bundle_path).meta["population_digest"] == load_bundle(setup["population"]).weights_digest()
     run = client.get_run(bad.run_id)
     assert "TOY-PAT-7" not in str(run.data.params) + str(run.data.tags)  # hashed patient id only
-    assert run.data.metrics["fit_loss_population"] == pytest.approx(bad.loss_before)
+    assert run.data.metrics["fit_loss_baseline"] == pytest.approx(bad.loss_before)
 
 
 def test_the_keep_rule_scores_the_models_as_deployed_with_the_bundles_sub_voxel_phases(tmp_path, monkeypatch):
@@ -351,7 +351,7 @@ def test_fine_tuning_further_from_a_patient_model_compares_each_structure_with_w
     res = finetune(course, p1, fractions=[0], holdout=1, config=cfg, out=tmp_path / "out")
     t = res.comparison.set_index("structure")
     assert t.at["GTV", "baseline"] == str(p1) and t.at["BOWEL", "baseline"] == str(pop)
-    assert t.at["GTV", "dice_population"] > 0.95 and t.at["BOWEL", "dice_population"] > 0.95  # what the service ran
+    assert t.at["GTV", "dice_baseline"] > 0.95 and t.at["BOWEL", "dice_baseline"] > 0.95  # what the service ran
     assert t.at["BOWEL", "dice_patient"] == 0.0 and not t.at["BOWEL", "not_worse"]
     assert res.structures == ["GTV"]  # the bowel stays with the population model
     meta = load_bundle(res.bundle_path).meta
@@ -432,8 +432,8 @@ def test_cross_validated_keep_rule_judges_every_fold_and_deploys_a_model_fine_tu
                                                                 2: pytest.approx(1.0, abs=0.05)}
     t = res.comparison.set_index("structure")
     assert t.at["BOWEL", "dice_patient"] == pytest.approx(per_fold.dice.mean(), abs=1e-9)
-    assert t.at["BOWEL", "dice_patient"] < t.at["BOWEL", "dice_population"] - 0.3 and not t.at["BOWEL", "not_worse"]
-    assert t.at["GTV", "dice_population"] == 0.0 and t.at["GTV", "dice_patient"] > 0.95
+    assert t.at["BOWEL", "dice_patient"] < t.at["BOWEL", "dice_baseline"] - 0.3 and not t.at["BOWEL", "not_worse"]
+    assert t.at["GTV", "dice_baseline"] == 0.0 and t.at["GTV", "dice_patient"] > 0.95
     assert res.structures == ["GTV"]
     meta = load_bundle(res.bundle_path).meta
     assert meta["fit_fractions"] == [0, 1, 2] and meta["holdouts"] == [0, 1, 2] and meta["name"].startswith("sarcart-t")

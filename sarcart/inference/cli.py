@@ -136,14 +136,11 @@ def _score(args: argparse.Namespace) -> tuple:  # type: ignore[type-arg]
     from sarcart.errors import ConfigError
     from sarcart.inference.predictor import Predictor, PredictorConfig, bundle_subvoxel
     from sarcart.tracking import hash_id
-    from sarcart.training.dataset import load_datalist
+    from sarcart.training.dataset import fold_entries, load_datalist
     from sarcart.training.evaluation import evaluate_cases
 
     data = load_datalist(args.data)
-    entries = data["training"] if args.fold is None else [e for e in data["training"] if str(e.get("fold")) == args.fold]
-    if not entries:
-        folds = sorted({str(e.get("fold")) for e in data["training"]})
-        raise ConfigError(f"fold {args.fold} is not in {args.data}; its folds are {', '.join(folds)}")
+    entries = data["training"] if args.fold is None else fold_entries(data, args.fold)
     pred = Predictor(args.model, config=PredictorConfig(tta=args.tta, subvoxel=args.subvoxel, device=args.device,
                                                         postprocess=not args.no_postprocess), store=args.store)
     subvoxel = bundle_subvoxel(pred.bundle) if args.subvoxel is None else args.subvoxel

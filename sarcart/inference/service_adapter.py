@@ -12,6 +12,7 @@ This module must not import :mod:`sarcart.service` (the dependency runs the othe
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -148,7 +149,9 @@ def make_segmenter(model: str, *, device: str | None = None, tta: bool = False, 
             q["model"] = name
         return masks, qa, name
 
-    digests: dict[str, str] = {}
+    @functools.cache
+    def population_digest() -> str:  # once per warm service, and only for a patient model that recorded one
+        return population.bundle.weights_digest()
 
     def segment(series: Any) -> tuple[dict[str, Volume], dict[str, Any], str]:
         image = series.volume
@@ -160,9 +163,7 @@ def make_segmenter(model: str, *, device: str | None = None, tta: bool = False, 
             qa["patient_model_structures"] = mine
             if mine != list(population.structures):
                 masks, qa, name = merge(run(population, image), (masks, qa, name), mine)
-            if dict(getattr(predictor.bundle, "meta", {}) or {}).get("population_digest") and not digests:
-                digests["population"] = population.bundle.weights_digest()  # once per warm service
-            judged_against(qa, predictor.bundle, population.bundle, digests.get("population", ""), mine)
+            judged_against(qa, predictor.bundle, population.bundle, population_digest, mine)
         log.info("segmented %s with %s in %.1f s; flagged: %s", getattr(series, "series_uid", "series"),
                  name, qa["seconds"], qa["flagged"] or "none")
         return masks, qa, name
@@ -170,7 +171,7 @@ def make_segmenter(model: str, *, device: str | None = None, tta: bool = False, 
     return segment
 
 
-def judged_against(qa: dict[str, Any], patient: Any, population: Any, population_digest: str,
+def judged_against(qa: dict[str, Any], patient: Any, population: Any, population_digest: Callable[[], str],
                    chosen: list[str]) -> None:
     """Check that a patient model was judged against the population model this service runs.
 
@@ -179,14 +180,16 @@ def judged_against(qa: dict[str, Any], patient: Any, population: Any, population
     the service runs other population weights (a newer champion, another ``--model``), that judgement does not
     hold for it: every structure the patient model draws is flagged for review. ``qa["patient_model_baseline"]``
     says which case applies (``"same"``, ``"different"``, or ``"not recorded"`` for patient models fine-tuned
-    before the digest was written, which are not flagged).
+    before the digest was written, which are not flagged). ``population_digest`` gives the running population
+    model's weights digest; it is only called when the patient model recorded one.
     """
     meta = dict(getattr(patient, "meta", {}) or {})
     judged = meta.get("population_digest")
     if not judged:
         qa["patient_model_baseline"] = "not recorded"
         return
-    if str(judged) == population_digest:
+    runs = population_digest()
+    if str(judged) == runs:
         qa["patient_model_baseline"] = "same"
         return
     qa["patient_model_baseline"] = "different"
@@ -198,7 +201,7 @@ def judged_against(qa: dict[str, Any], patient: Any, population: Any, population
         q.setdefault("flags", []).append(
             f"{n} drawn by a patient model that was judged against {was} (weights {str(judged)[:8]}), not against "
             f"the population model this service runs ({population.name} v{population.version}, weights "
-            f"{population_digest[:8]}): review it, or fine-tune the patient model again from the service's model")
+            f"{runs[:8]}): review it, or fine-tune the patient model again from the service's model")
     qa["flagged"] = sorted(n for n, q in qa.get("structures", {}).items() if q.get("flags"))
 
 

@@ -259,17 +259,31 @@ def load_datalist(path: str | os.PathLike[str]) -> dict:
     return data
 
 
+def fold_entries(data: dict, fold: int | str) -> list[dict]:
+    """The entries of one fold (a fold number, or its text as the CLI passes it).
+
+    Raises:
+        ConfigError: no entry has that fold; the message lists the folds there are.
+    """
+    folds: dict[int, list[dict]] = defaultdict(list)
+    for e in data["training"]:
+        folds[int(e.get("fold", 0))].append(e)
+    try:
+        key = int(fold)
+    except ValueError:
+        key = None
+    if key not in folds:
+        raise ConfigError(f"fold {fold} does not exist in the datalist; its folds are "
+                          f"{', '.join(map(str, sorted(folds)))}")
+    return folds[key]
+
+
 def split(data: dict, fold: int | str) -> tuple[list[dict], list[dict]]:
     """``(train, validation)`` entries for ``fold`` (``"all"``: every case trains, none validates)."""
     entries = data["training"]
     if fold == "all":
         return list(entries), []
-    folds = defaultdict(list)
-    for e in entries:
-        folds[int(e.get("fold", 0))].append(e)
-    if int(fold) not in folds:
-        raise ConfigError(f"fold {fold} does not exist in the datalist; folds are {sorted(folds)}")
-    val = folds[int(fold)]
+    val = fold_entries(data, fold)
     train = [e for e in entries if int(e.get("fold", 0)) != int(fold)]
     if not train:
         raise ConfigError(f"fold {fold} leaves no training cases")

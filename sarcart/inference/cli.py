@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-_MODEL_HELP = "shipped model name (gtv-t1, trufi), bundle path, or MLflow URI (models:/sarcart-trufi@champion)"
+_MODEL_HELP = ("shipped model name (gtv-t1, trufi), bundle path, or MLflow URI (models:/sarcart-trufi@champion); "
+               "repeat it to average several models' class probabilities (an ensemble, e.g. the cross-validation "
+               "folds; one pass per model)")
 _STORE_HELP = "MLflow store that a models:/ or runs:/ --model is fetched from (folder or URI; default MLFLOW_TRACKING_URI or mlruns/)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s = sub.add_parser("segment", help="segment an image (NIfTI file or DICOM series folder) with a model")
     s.add_argument("--image", required=True, type=Path, help="NIfTI file or folder holding a DICOM image series")
-    s.add_argument("--model", required=True, help=_MODEL_HELP)
+    s.add_argument("--model", required=True, action="append", help=_MODEL_HELP)
     s.add_argument("--out", required=True, type=Path, help="output folder")
     s.add_argument("--series-uid", help="SeriesInstanceUID when the folder holds several series")
     s.add_argument("--tta", action="store_true", help="test-time augmentation (mirroring along allowed axes)")
@@ -25,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.set_defaults(func=_segment)
 
     e = sub.add_parser("evaluate", help="score a model on a datalist: metrics.csv, summary.json, boxplot.png")
-    e.add_argument("--model", help=_MODEL_HELP)
+    e.add_argument("--model", action="append", help=_MODEL_HELP)
     e.add_argument("--data", type=Path, help="datalist.json (from `sarcart dataset build`)")
     e.add_argument("--from-cv", type=Path, metavar="TASK_DIR",
                    help="instead of --model/--data: pool the validation.csv of every fold<K>/ under TASK_DIR "
@@ -87,12 +89,13 @@ def _segment(args: argparse.Namespace) -> int:
         for n in set(seg.masks) - set(present):
             log.warning("%s is empty: left out of the RTSTRUCT", n)
         if present:
-            label = f"{seg.model} v{seg.version}"
+            label = f"ensemble of {len(seg.members)}" if seg.members else f"{seg.model} v{seg.version}"
+            models = f"models {', '.join(seg.members)}" if seg.members else f"model {seg.model} version {seg.version}"
             write_rtstruct(present, series, out / "rtstruct.dcm", label=label[:16],
-                           description=f"model {seg.model} version {seg.version}, TTA {'on' if seg.tta else 'off'}"
+                           description=f"{models}, TTA {'on' if seg.tta else 'off'}"
                            f"{', sub-voxel phases' if seg.subvoxel else ''}")
             written.append("rtstruct.dcm")
-    info = {"model": seg.model, "version": seg.version, "source": args.model, "tta": seg.tta,
+    info = {"model": seg.model, "version": seg.version, "source": pred.source, "members": seg.members, "tta": seg.tta,
             "subvoxel": seg.subvoxel, "seconds": round(seg.seconds, 2), "volumes_cc": vols, "postprocessing": seg.notes,
             "notice": sarcart.NOT_FOR_CLINICAL_USE}
     (out / "segmentation.json").write_text(json.dumps(info, indent=1))
@@ -143,7 +146,7 @@ def _score(args: argparse.Namespace) -> tuple:  # type: ignore[type-arg]
     entries = data["training"] if args.fold is None else fold_entries(data, args.fold)
     pred = Predictor(args.model, config=PredictorConfig(tta=args.tta, subvoxel=args.subvoxel, device=args.device,
                                                         postprocess=not args.no_postprocess), store=args.store)
-    subvoxel = bundle_subvoxel(pred.bundle) if args.subvoxel is None else args.subvoxel
+    subvoxel = any(bundle_subvoxel(b) for b in pred.bundles) if args.subvoxel is None else args.subvoxel
     structures = [s for s in pred.structures if s in data["structures"]]
     if not structures:
         raise ConfigError(f"the model segments {', '.join(pred.structures)} and {args.data} labels "
@@ -151,7 +154,9 @@ def _score(args: argparse.Namespace) -> tuple:  # type: ignore[type-arg]
                           f"structures")
     table = evaluate_cases(pred.masks, entries, structures, case_key=hash_id, ring_mm=args.ring_mm,
                            ptv_margin_mm=args.ptv_margin_mm)
-    meta = {"model": f"{pred.bundle.name} v{pred.bundle.version}", "source": args.model, "tta": args.tta,
+    members = [f"{b.name} v{b.version}" for b in pred.bundles]
+    model = members[0] if len(members) == 1 else f"ensemble of {len(members)}: {', '.join(members)}"
+    meta = {"model": model, "source": pred.source, "tta": args.tta,
             "subvoxel": subvoxel, "postprocessing": not args.no_postprocess, "datalist": str(args.data), "fold": args.fold, "ring_mm": args.ring_mm, "ptv_margin_mm": args.ptv_margin_mm}
     return table, meta
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -75,8 +76,10 @@ class Segmentation:
         probabilities: ``(C, nx, ny, nz)`` float16 when kept, else None.
         plan_probabilities, plan_labels: the unshifted pass's probabilities (float16) on the plan grid and
             the label map made from them there by the same rules, when kept (see :meth:`confidence_inputs`).
-        model, version: which model produced it.
-        tta, subvoxel: whether mirroring TTA and the sub-voxel phases were used.
+        model, version: which model produced it (an ensemble: ``ensemble of NAME``, the members' versions
+            joined by ``+``).
+        members: ``NAME vVERSION`` of each model of an ensemble (empty for one model).
+        tta, subvoxel: whether mirroring TTA and the sub-voxel phases were used (by any member of an ensemble).
         notes: post-processing actions, in words.
         seconds: wall time of the prediction.
     """
@@ -88,6 +91,7 @@ class Segmentation:
     plan_labels: np.ndarray | None = None
     model: str = ""
     version: str = ""
+    members: list[str] = field(default_factory=list)
     tta: bool = False
     subvoxel: bool = False
     notes: list[str] = field(default_factory=list)
@@ -190,41 +194,107 @@ def segment_image(image: Volume, bundle: ModelBundle, network: nn.Module | None 
     Raises:
         InvalidImageError: a non-scalar or non-finite image.
     """
+    return segment_ensemble(image, [(bundle, network)], config=config)
+
+
+def check_same_structures(bundles: Sequence[ModelBundle], sources: Sequence[str] | None = None) -> None:
+    """Refuse an ensemble whose models do not segment the same structures in the same order.
+
+    Raises:
+        ConfigError: naming the first model that differs from the first one, and both structure lists.
+    """
+    names = list(sources) if sources is not None else [f"{b.name} v{b.version}" for b in bundles]
+    first = list(bundles[0].plan.structures)
+    for b, n in zip(bundles[1:], names[1:]):
+        if list(b.plan.structures) != first:
+            raise ConfigError(
+                f"an ensemble averages the class probabilities, so its models must segment the same structures in "
+                f"the same order: {names[0]} segments {', '.join(first)}, {n} segments "
+                f"{', '.join(b.plan.structures)}; ensemble only models of one task")
+
+
+def segment_ensemble(image: Volume, members: Sequence[tuple[ModelBundle, nn.Module | None]],
+                     *, config: PredictorConfig | None = None) -> Segmentation:
+    """Segment one image with several models: their class probabilities averaged on the image's grid.
+
+    Each member runs as :func:`segment_image` runs it alone (its own plan grid, normalisation, TTA and
+    sub-voxel phases; ``config.subvoxel=None`` follows each bundle's recommendation); the averaged
+    probabilities then go through argmax and the anatomy rules of the first member's bundle. This is how
+    nnU-Net combines its cross-validation folds. The plan-grid probabilities for the QA confidence are
+    averaged too when every member works on the same plan grid, else not kept (the image grid's are).
+
+    Args:
+        members: ``(bundle, network)`` pairs; a None network is built from its bundle on the configured device.
+
+    Raises:
+        ConfigError: no member, or members that segment different structures.
+        InvalidImageError: a non-scalar image.
+    """
     cfg = config or PredictorConfig()
+    if not members:
+        raise ConfigError("an ensemble needs at least one model")
     if image.array.ndim != 3:
         raise InvalidImageError(f"image must be a scalar 3D volume, got shape {image.array.shape}")
+    bundles = [b for b, _ in members]
+    check_same_structures(bundles)
     t0 = time.perf_counter()
     device = _device(cfg)
-    net = network if network is not None else bundle.network(device)
-    device = next(net.parameters()).device
-    subvoxel = bundle_subvoxel(bundle) if cfg.subvoxel is None else cfg.subvoxel
-    probs, plan_pred = predict_volume(net, image, bundle.plan, tta=cfg.tta, subvoxel=subvoxel,
-                                      sw_batch_size=cfg.sw_batch_size, amp_dtype=_amp_dtype(cfg, device))
-    structures = list(bundle.plan.structures)
+    total: np.ndarray | None = None
+    plan_preds, subvoxels = [], []
+    for bundle, network in members:
+        net = network if network is not None else bundle.network(device)
+        dev = next(net.parameters()).device
+        subvoxel = bundle_subvoxel(bundle) if cfg.subvoxel is None else cfg.subvoxel
+        probs, plan_pred = predict_volume(net, image, bundle.plan, tta=cfg.tta, subvoxel=subvoxel,
+                                          sw_batch_size=cfg.sw_batch_size, amp_dtype=_amp_dtype(cfg, dev))
+        total = probs if total is None else total + probs
+        plan_preds.append(plan_pred)
+        subvoxels.append(subvoxel)
+    assert total is not None
+    probs = total / len(members) if len(members) > 1 else total
+    lead = bundles[0]
+    structures = list(lead.plan.structures)
     cx = None
     if cfg.postprocess:
-        body = body_mask(image.array.astype(np.float32), bundle.plan.normalisation)
+        body = body_mask(image.array.astype(np.float32), lead.plan.normalisation)
         cx = float(image.geometry.index_to_world(np.asarray(ndimage.center_of_mass(body)))[0]) if body.any() else None
-    labels, notes = _labels(probs, image.geometry, bundle, cx, cfg.postprocess)
-    plan_labels = None
-    if cfg.keep_probabilities:  # the same rules on the plan grid, for the QA confidence
-        plan_labels, _ = _labels(plan_pred.probs, plan_pred.prepared.grid, bundle, cx, cfg.postprocess)
+    labels, notes = _labels(probs, image.geometry, lead, cx, cfg.postprocess)
+    plan_probs = plan_labels = None
+    grid = plan_preds[0].prepared.grid
+    if cfg.keep_probabilities and all(p.prepared.grid == grid for p in plan_preds):
+        # the same rules on the shared plan grid, for the QA confidence
+        plan_probs = sum(p.probs for p in plan_preds) / len(plan_preds)
+        plan_labels, _ = _labels(plan_probs, grid, lead, cx, cfg.postprocess)
+    if len(members) == 1:
+        model, version, names = lead.name, lead.version, []
+    else:
+        model = "ensemble of " + "+".join(dict.fromkeys(b.name for b in bundles))
+        version = "+".join(b.version for b in bundles)
+        names = [f"{b.name} v{b.version}" for b in bundles]
     return Segmentation(
         labels=image.with_array(labels), structures=structures,
         probabilities=probs.astype(np.float16) if cfg.keep_probabilities else None,
-        plan_probabilities=plan_pred.probs.astype(np.float16) if cfg.keep_probabilities else None,
-        plan_labels=plan_labels,
-        model=bundle.name, version=bundle.version, tta=cfg.tta, subvoxel=subvoxel, notes=notes, seconds=time.perf_counter() - t0,
+        plan_probabilities=plan_probs.astype(np.float16) if plan_probs is not None else None,
+        plan_labels=plan_labels, model=model, version=version, members=names, tta=cfg.tta,
+        subvoxel=any(subvoxels), notes=notes, seconds=time.perf_counter() - t0,
     )
 
 
 class Predictor:
-    """A model loaded once (kept warm) for repeated segmentation.
+    """A model (or an ensemble of models) loaded once and kept warm for repeated segmentation.
 
     Args:
         model: shipped name (``gtv-t1``, ``trufi``), bundle path/folder, or MLflow URI
-            (``models:/sarcart-trufi@champion``).
+            (``models:/sarcart-trufi@champion``); a list of them makes an ensemble
+            (:func:`segment_ensemble`: the class probabilities averaged), e.g. the cross-validation folds.
         config: see :class:`PredictorConfig`.
+
+    Attributes:
+        bundle, bundle_path, network: the (first) model; ``bundles``, ``bundle_paths``, ``networks``: all.
+
+    Raises:
+        ConfigError: a model that cannot be found or read, or ensemble members of different structures
+            (before any network is built).
 
     Example:
         >>> pred = Predictor("gtv-t1")                       # doctest: +SKIP
@@ -232,27 +302,36 @@ class Predictor:
         >>> seg.volumes_cc()                                  # doctest: +SKIP
     """
 
-    def __init__(self, model: str | os.PathLike[str], *, config: PredictorConfig | None = None,
-                 store: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
+                 config: PredictorConfig | None = None, store: str | os.PathLike[str] | None = None) -> None:
         self.config = config or PredictorConfig()
-        self.source = str(model)
-        self.bundle_path: Path = resolve_model(model, store=store)
-        self.bundle = load_bundle(self.bundle_path)
-        if str(model).startswith("models:/"):
-            from sarcart import tracking
+        refs = [model] if isinstance(model, (str, os.PathLike)) else list(model)
+        if not refs:
+            raise ConfigError("no model given: name a shipped model, a bundle path or an MLflow URI")
+        self.sources = [str(r) for r in refs]
+        self.source = self.sources[0] if len(refs) == 1 else ", ".join(self.sources)
+        self.bundle_paths: list[Path] = [resolve_model(r, store=store) for r in refs]
+        self.bundles: list[ModelBundle] = [load_bundle(p) for p in self.bundle_paths]
+        for ref, bundle in zip(self.sources, self.bundles):
+            if ref.startswith("models:/"):
+                from sarcart import tracking
 
-            self.bundle.meta["registry_uri"] = str(model)
-            self.bundle.meta["version"] = tracking.registry_version(str(model), store=store) or self.bundle.version
+                bundle.meta["registry_uri"] = ref
+                bundle.meta["version"] = tracking.registry_version(ref, store=store) or bundle.version
+        check_same_structures(self.bundles, self.sources)
+        self.bundle_path, self.bundle = self.bundle_paths[0], self.bundles[0]
         self.device = _device(self.config)
-        self.network = self.bundle.network(self.device)
-        log.info("loaded %s (%s) on %s", self.bundle.name, self.bundle_path, self.device)
+        self.networks = [b.network(self.device) for b in self.bundles]
+        self.network = self.networks[0]
+        for b, path in zip(self.bundles, self.bundle_paths):
+            log.info("loaded %s (%s) on %s", b.name, path, self.device)
 
     @property
     def structures(self) -> list[str]:
         return list(self.bundle.plan.structures)
 
     def __call__(self, image: Volume) -> Segmentation:
-        return segment_image(image, self.bundle, self.network, config=self.config)
+        return segment_ensemble(image, list(zip(self.bundles, self.networks)), config=self.config)
 
     def masks(self, image: Volume) -> dict[str, np.ndarray]:
         """``{structure: boolean array}`` on the image grid (the evaluation interface)."""

@@ -185,3 +185,62 @@ def test_the_bundle_recommends_the_phases_and_an_explicit_setting_wins():
     assert np.array_equal(default_rec.labels.array, four.labels.array)
     assert np.array_equal(forced_off.labels.array, default_plain.labels.array)
     assert not np.array_equal(four.labels.array, default_plain.labels.array)
+
+
+def _graded_ball() -> Volume:
+    """A ball whose intensity falls smoothly from 300 at its centre to 100 at 12 mm, on a 2 x 2 x 3 mm grid (the
+    test plans' own spacing, so the plan grid is the image grid and no interpolation lies between them)."""
+    g = Geometry(shape=(24, 24, 12), spacing_mm=(2.0, 2.0, 3.0), origin_mm=(0.0, 0.0, 0.0))
+    idx = np.indices(g.shape).astype(float)
+    r = np.sqrt(((idx[0] - 11.6) * 2) ** 2 + ((idx[1] - 12.3) * 2) ** 2 + ((idx[2] - 5.8) * 3) ** 2)
+    return Volume((100.0 + 200.0 * np.clip(1 - r / 12.0, 0, 1)).astype(np.float32), g)
+
+
+def test_an_ensemble_of_thresholds_placed_symmetrically_is_the_middle_threshold():
+    """Analytic: sigmoid(g (x - c + d)) + sigmoid(g (x - c - d)) = 1 exactly at x = c and rises with x, so the
+    average of two thresholding networks at c - d and c + d calls GTV exactly where one at c does, while each
+    member alone draws a larger or smaller ball. On the shared plan grid the QA probabilities are the mean of
+    the members'."""
+    from sarcart.errors import ConfigError
+    from sarcart.inference.predictor import segment_ensemble
+
+    image = _graded_ball()
+    bundle = ModelBundle(_plan(flip_axes=(), spacing=(2.0, 2.0, 3.0)), {}, {"name": "sign", "version": "1"})
+    c, d = 0.5, 0.6
+    cfg = PredictorConfig(postprocess=False, keep_probabilities=True, device="cpu")
+    low, mid, high = (segment_image(image, bundle, SignNet(o, gain=3.0), config=cfg) for o in (c - d, c, c + d))
+    ens = segment_ensemble(image, [(bundle, SignNet(c - d, gain=3.0)), (bundle, SignNet(c + d, gain=3.0))], config=cfg)
+    got = ens.mask("GTV").array
+    assert np.array_equal(got, mid.mask("GTV").array)
+    assert low.mask("GTV").array.sum() > 1.1 * got.sum() > 1.21 * high.mask("GTV").array.sum() > 0
+    assert ens.plan_probabilities is not None and ens.plan_labels is not None
+    expect = (low.plan_probabilities.astype(float) + high.plan_probabilities.astype(float)) / 2
+    assert np.allclose(ens.plan_probabilities.astype(float), expect, atol=2e-3)
+    assert (ens.model, ens.version, ens.members) == ("ensemble of sign", "1+1", ["sign v1", "sign v1"])
+    # members that segment other structures cannot be averaged: refused, naming both lists
+    other = ModelBundle(_plan(flip_axes=(), structures=("BOWEL",)), {}, {"name": "bowel", "version": "2"})
+    with pytest.raises(ConfigError, match=r"sign v1 segments GTV, bowel v2 segments BOWEL"):
+        segment_ensemble(image, [(bundle, SignNet()), (other, SignNet())], config=cfg)
+
+
+def test_an_ensemble_of_models_on_different_grids_averages_on_the_image_grid():
+    """Members with a 2 mm and a 3 mm plan on a 1 x 1 x 3 mm image: the ensemble's probabilities are the mean of
+    what each model gives alone, and its labels their argmax; with no shared plan grid no plan-grid
+    probabilities are kept."""
+    from sarcart.inference.predictor import segment_ensemble
+
+    image, ball = ball_image(48)
+    fine = ModelBundle(_plan(flip_axes=(), spacing=(2.0, 2.0, 3.0)), {}, {"name": "a", "version": "1"})
+    coarse = ModelBundle(_plan(flip_axes=(), spacing=(3.0, 3.0, 3.0)), {}, {"name": "b", "version": "4"})
+    m = midpoint(image.array)
+    members = [(fine, SignNet(m - 0.4, gain=2.0)), (coarse, SignNet(m + 0.3, gain=2.0))]
+    cfg = PredictorConfig(postprocess=False, keep_probabilities=True, device="cpu")
+    alone = [segment_image(image, b, n, config=cfg).probabilities.astype(float) for b, n in members]
+    ens = segment_ensemble(image, members, config=cfg)
+    mean = (alone[0] + alone[1]) / 2
+    assert np.allclose(ens.probabilities.astype(float), mean, atol=2e-3)
+    clear = np.abs(mean[1] - 0.5) > 5e-3
+    assert np.array_equal(ens.mask("GTV").array[clear], (mean[1] > 0.5)[clear])
+    assert ens.plan_probabilities is None and ens.confidence_inputs("GTV") is not None
+    assert ens.model == "ensemble of a+b" and ens.members == ["a v1", "b v4"]
+    assert dice(ens.mask("GTV").array, ball) > 0.9

@@ -206,6 +206,55 @@ def test_evaluate_cli_refuses_what_it_cannot_score_and_names_the_fix(setup, tmp_
     assert str(tmp_path / "file") in said and "a file stands where a folder is needed" in said
 
 
+def test_evaluate_and_segment_cli_run_an_ensemble_as_the_mean_of_its_models(setup, tmp_path, capsys):
+    """Two --model: the scores are those of the argmax of the two models' mean probabilities, computed here from
+    each model run alone; segment names the members; models of other structures are refused (exit 2)."""
+    import pandas as pd
+    import torch
+
+    from sarcart.inference.predictor import Predictor, PredictorConfig
+    from sarcart.io.labels import read_labels
+    from sarcart.io.nifti import read_nifti, write_nifti
+    from sarcart.models.bundle import ModelBundle, load_bundle, save_bundle
+
+    a = setup["run_dir"] / "bundle.pt"
+    base = load_bundle(a)
+    gen = torch.Generator().manual_seed(0)
+    noisy = {k: v + 0.05 * v.std() * torch.randn(v.shape, generator=gen) if v.is_floating_point() and v.numel() > 1
+             else v for k, v in base.state_dict.items()}
+    b = save_bundle(ModelBundle(base.plan, noisy, {**base.meta, "version": "noisy"}), tmp_path / "b.pt")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(a), "--model", str(b), "--data", str(setup["datalist"]), "--fold", "0",
+                 "--no-postprocess", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "metrics.csv")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["meta"]["model"].startswith("ensemble of 2: ") and "vnoisy" in summary["meta"]["model"]
+    cfg = PredictorConfig(postprocess=False, keep_probabilities=True, device="cpu")
+    alone = [Predictor(m, config=cfg) for m in (a, b)]
+    entries = [e for e in json.loads(setup["datalist"].read_text())["training"] if e["fold"] == 0]
+    moved = 0
+    for e in entries:
+        image = read_nifti(setup["datalist"].parent / e["image"])
+        ref = read_labels(setup["datalist"].parent / e["label"])[0].array == 1
+        pa, pb = (p(image).probabilities[1].astype(float) for p in alone)
+        got = (pa + pb) / 2 > 0.5
+        dice = 2 * (got & ref).sum() / (got.sum() + ref.sum())
+        row = table[(table.case == tracking.hash_id(e["case"])) & (table.region == "all")]
+        assert float(row.dice.iloc[0]) == pytest.approx(dice, abs=2e-3)
+        moved += int(((pa > 0.5) != (pb > 0.5)).sum())
+    assert moved > 0  # the two models disagree somewhere, so the mean is not either model
+    image = tmp_path / "case.nii.gz"
+    write_nifti(read_nifti(setup["datalist"].parent / entries[0]["image"]), image)
+    assert main(["segment", "--image", str(image), "--model", str(a), "--model", str(b), "--out", str(tmp_path / "s")]) == 0
+    info = json.loads((tmp_path / "s" / "segmentation.json").read_text())
+    assert info["members"] == [f"tiny v{base.version}", "tiny vnoisy"] and info["version"] == f"{base.version}+noisy"
+    other = ModelBundle(base.plan.model_copy(update={"structures": ["BOWEL"]}), base.state_dict, base.meta)
+    c = save_bundle(other, tmp_path / "c.pt")
+    capsys.readouterr()
+    assert main(["segment", "--image", str(image), "--model", str(a), "--model", str(c), "--out", str(tmp_path / "x")]) == 2
+    assert f"{c} segments BOWEL" in " ".join(capsys.readouterr().err.split())
+
+
 def test_a_registry_uri_is_fetched_from_the_store_named_by_store_not_the_default(setup, monkeypatch, tmp_path):
     """--store wins over MLFLOW_TRACKING_URI: the same scores as the run's own bundle file."""
     import pandas as pd

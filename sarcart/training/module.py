@@ -29,7 +29,7 @@ from rich.progress import (
 )
 
 from sarcart.models.networks import build_network
-from sarcart.models.plan import Plan
+from sarcart.models.plan import Budget, Plan, Schedule
 from sarcart.training.config import OptimConfig
 from sarcart.training.predict import sliding_window_probs
 
@@ -118,14 +118,51 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-class EpochProgress(Callback):
-    """One progress bar over epochs (stderr) and one log line per epoch, on rank 0 only."""
+def pace_note(seconds_per_iteration: float, schedule: Schedule, budget: Budget) -> tuple[int, str]:
+    """``(logging level, message)`` comparing the measured training pace with the plan's estimate.
 
-    def __init__(self, enabled: bool = True) -> None:
+    The plan chose its grid, patch and schedule for ``budget.time_budget_min`` at ``budget.throughput_gflops``;
+    a pace more than 1.5x slower than estimated makes the fold overrun it (a WARNING naming the throughput that
+    would have predicted this machine), one at least 2x faster leaves budget for a finer plan (INFO).
+    """
+    est = schedule.est_seconds_per_iteration
+    iters = schedule.epochs * schedule.iterations_per_epoch
+    minutes = iters * seconds_per_iteration / 60.0
+    head = (f"training pace {seconds_per_iteration:.3f} s/iteration, the plan estimated {est:.3f}: the "
+            f"{iters} iterations take about {minutes:.1f} min (plan {schedule.est_training_minutes:.1f} min, budget "
+            f"{budget.time_budget_min:g} min per fold)")
+    if est <= 0:
+        return logging.INFO, head
+    implied = budget.throughput_gflops * est / seconds_per_iteration
+    if seconds_per_iteration > 1.5 * est:
+        return logging.WARNING, (
+            f"{head}. This machine trains slower than the plan's throughput_gflops {budget.throughput_gflops:g} "
+            f"assumes (are the cores shared?): free the cores, or plan for it with budget.throughput_gflops about "
+            f"{implied:.0f}")
+    if seconds_per_iteration < 0.5 * est:
+        return logging.INFO, (
+            f"{head}. This machine is faster than planned: budget.throughput_gflops about {implied:.0f} would "
+            f"afford a finer plan in the same budget")
+    return logging.INFO, head
+
+
+class EpochProgress(Callback):
+    """One progress bar over epochs (stderr) and one log line per epoch, on rank 0 only.
+
+    With a ``budget``, the pace of the first two epochs (median time from one training batch to the next,
+    data loading included, validation and checkpoints not) is compared with the plan's estimate once
+    (:func:`pace_note`) and logged to the run as ``early_seconds_per_iteration``.
+    """
+
+    def __init__(self, enabled: bool = True, budget: Budget | None = None) -> None:
         self.enabled = enabled
+        self.budget = budget
         self._bar: Progress | None = None
         self._task: Any = None
         self._t0 = 0.0
+        self._last_batch: float | None = None
+        self._gaps: list[float] = []
+        self._paced = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -140,6 +177,26 @@ class EpochProgress(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
+        self._last_batch = None  # the first gap of an epoch would include its start-up
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.budget is None or self._paced:
+            return
+        now = time.perf_counter()
+        if self._last_batch is not None:
+            self._gaps.append(now - self._last_batch)
+        self._last_batch = now
+
+    def _report_pace(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._paced = True
+        if not self._gaps or self.budget is None:
+            return
+        pace = float(sorted(self._gaps)[len(self._gaps) // 2])
+        level, msg = pace_note(pace, pl_module.plan.schedule, self.budget)
+        log.log(level, msg)
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({"early_seconds_per_iteration": pace}, step=trainer.global_step)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -152,6 +209,9 @@ class EpochProgress(Callback):
                  time.perf_counter() - self._t0)
         if self._bar is not None:
             self._bar.update(self._task, advance=1, info=info)
+        if self.budget is not None and not self._paced and (len(self._gaps) >= 2 * max(1, trainer.num_training_batches - 1)
+                                                            or trainer.current_epoch + 1 >= trainer.max_epochs):
+            self._report_pace(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._bar is not None:

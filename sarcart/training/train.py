@@ -120,7 +120,7 @@ def _trainer(config: TrainConfig, plan: Plan, run_dir: Path, *, logger: Any, sho
     return L.Trainer(
         max_epochs=plan.schedule.epochs, accelerator="gpu" if gpu else "cpu", devices=t.devices,
         num_nodes=t.num_nodes, strategy=t.strategy, precision=precision, logger=logger,
-        callbacks=[ckpt, EpochProgress(enabled=show_progress)], check_val_every_n_epoch=t.val_every_epochs,
+        callbacks=[ckpt, EpochProgress(enabled=show_progress, budget=config.budget)], check_val_every_n_epoch=t.val_every_epochs,
         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
         num_sanity_val_steps=0, log_every_n_steps=max(1, plan.schedule.iterations_per_epoch),
         default_root_dir=str(run_dir),

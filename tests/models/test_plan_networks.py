@@ -198,3 +198,28 @@ def test_2p5d_settings_that_cannot_work_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="kernel and stride 1 along z"):
         NetworkPlan(name="DynUNet", kernel_size=[(3, 3, 3)] * 2, strides=[(1, 1, 1), (2, 2, 2)], filters=[4, 8],
                     context_slices=3)
+
+
+def test_the_pace_check_names_the_throughput_that_would_have_predicted_the_measured_pace():
+    """Training 1.6x slower than the plan estimated: a warning whose suggested throughput_gflops, given back to
+    the planner with the same grid and patch, estimates exactly the measured pace; 2.5x faster: an INFO naming
+    the higher throughput; within 1.5x: INFO only."""
+    import logging
+    import re
+
+    from sarcart.training.module import pace_note
+
+    budget = Budget(time_budget_min=30, throughput_gflops=40, min_iterations=1500)
+    plan = make_plan(_fp(), budget, task="t")
+    est = plan.schedule.est_seconds_per_iteration
+    level, msg = pace_note(1.6 * est, plan.schedule, budget)
+    assert level == logging.WARNING and "throughput_gflops about 25" in msg  # 40 / 1.6
+    iters = plan.schedule.epochs * plan.schedule.iterations_per_epoch
+    assert f"about {iters * 1.6 * est / 60:.1f} min" in msg
+    fixed = budget.model_copy(update={"throughput_gflops": 25.0, "target_spacing_mm": plan.target_spacing_mm,
+                                      "patch_size": plan.patch_size})
+    assert make_plan(_fp(), fixed, task="t").schedule.est_seconds_per_iteration == pytest.approx(1.6 * est, rel=1e-2)
+    level, msg = pace_note(est / 2.5, plan.schedule, budget)
+    assert level == logging.INFO and "throughput_gflops about 100 would afford a finer plan" in msg
+    level, msg = pace_note(1.2 * est, plan.schedule, budget)
+    assert level == logging.INFO and not re.search("throughput_gflops about", msg)

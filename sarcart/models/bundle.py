@@ -163,14 +163,14 @@ def resolve_model(ref: str | os.PathLike[str], *, cache: Path | None = None,
 
     Args:
         ref: a shipped model name (see :func:`shipped_models`), a bundle file, a folder holding
-            ``bundle.pt`` (an MLflow model folder too), or an MLflow URI (``models:/NAME@ALIAS``,
+            ``bundle.pt`` itself or exactly one below it (an MLflow model folder too), or an MLflow URI (``models:/NAME@ALIAS``,
             ``models:/NAME/VERSION``, ``runs:/RUN/model``), fetched from the tracking store
             (``store``, else ``MLFLOW_TRACKING_URI`` or ``mlruns/``).
         cache: download folder for URIs (default ``~/.cache/sarcart/models``).
         store: MLflow store (folder or URI) that URIs are fetched from.
 
     Raises:
-        ConfigError: nothing matches ``ref``.
+        ConfigError: nothing matches ``ref``, or a folder holds several bundles below it and none itself.
     """
     s = str(ref)
     if s.startswith(_URI_SCHEMES):
@@ -182,9 +182,16 @@ def resolve_model(ref: str | os.PathLike[str], *, cache: Path | None = None,
     if p.is_file():
         return p
     if p.is_dir():
+        if (p / BUNDLE_FILENAME).is_file():
+            return p / BUNDLE_FILENAME
         found = sorted(p.rglob(BUNDLE_FILENAME))
-        if found:
+        if len(found) == 1:
             return found[0]
+        if found:  # e.g. a task folder with every fold's model: which one is meant is not for us to guess
+            listed = ", ".join(str(f.relative_to(p)) for f in found[:8]) + (", ..." if len(found) > 8 else "")
+            raise ConfigError(
+                f"folder {p} holds {len(found)} model bundles ({listed}); name one of them, or repeat --model "
+                f"with each to run them as an ensemble")
         raise ConfigError(f"folder {p} holds no {BUNDLE_FILENAME}")
     names = ", ".join(shipped) or "none installed"
     raise ConfigError(

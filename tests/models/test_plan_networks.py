@@ -129,6 +129,14 @@ def test_bundle_round_trip_gives_the_same_outputs(tmp_path):
         assert torch.allclose(net(x), half, atol=5e-2)
     assert back.version == "3" and back.plan == plan
     assert resolve_model(tmp_path / "m") == p  # a folder holding bundle.pt
+    save_bundle(b, tmp_path / "m" / "fold1" / "bundle.pt")
+    assert resolve_model(tmp_path / "m") == p  # its own bundle, not one of a sub-folder
+    assert resolve_model(tmp_path / "m" / "fold1") == tmp_path / "m" / "fold1" / "bundle.pt"
+    save_bundle(b, tmp_path / "task" / "fold0" / "bundle.pt")
+    assert resolve_model(tmp_path / "task") == tmp_path / "task" / "fold0" / "bundle.pt"  # the only one below
+    save_bundle(b, tmp_path / "task" / "fold1" / "bundle.pt")  # now two: which is meant is not guessed
+    with pytest.raises(ConfigError, match=r"holds 2 model bundles \(fold0/bundle.pt, fold1/bundle.pt\).*ensemble"):
+        resolve_model(tmp_path / "task")
     (tmp_path / "junk.pt").write_bytes(b"not a bundle")
     with pytest.raises(ConfigError, match="not a readable model bundle"):
         load_bundle(tmp_path / "junk.pt")

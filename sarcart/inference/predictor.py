@@ -75,7 +75,8 @@ class Segmentation:
         structures: structure names in label order.
         probabilities: ``(C, nx, ny, nz)`` float16 when kept, else None.
         plan_probabilities, plan_labels: the unshifted pass's probabilities (float16) on the plan grid and
-            the label map made from them there by the same rules, when kept (see :meth:`confidence_inputs`).
+            the label map made from them there by the same rules, when kept (see :meth:`confidence_inputs`);
+            an ensemble's are its members' mean, and None when their plan grids differ.
         model, version: which model produced it (an ensemble: ``ensemble of NAME``, the members' versions
             joined by ``+``).
         members: ``NAME vVERSION`` of each model of an ensemble (empty for one model).
@@ -251,7 +252,8 @@ def segment_ensemble(image: Volume, members: Sequence[tuple[ModelBundle, nn.Modu
         plan_preds.append(plan_pred)
         subvoxels.append(subvoxel)
     assert total is not None
-    probs = total / len(members) if len(members) > 1 else total
+    probs = total
+    probs /= len(members)
     lead = bundles[0]
     structures = list(lead.plan.structures)
     cx = None

@@ -10,6 +10,7 @@ inference on whole volumes and logs the mean foreground Dice on the plan grid.
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from typing import Any
 
@@ -192,7 +193,7 @@ class EpochProgress(Callback):
         self._paced = True
         if not self._gaps or self.budget is None:
             return
-        pace = float(sorted(self._gaps)[len(self._gaps) // 2])
+        pace = float(statistics.median(self._gaps))
         level, msg = pace_note(pace, pl_module.plan.schedule, self.budget)
         log.log(level, msg)
         if trainer.logger is not None:
@@ -209,9 +210,10 @@ class EpochProgress(Callback):
                  time.perf_counter() - self._t0)
         if self._bar is not None:
             self._bar.update(self._task, advance=1, info=info)
-        if self.budget is not None and not self._paced and (len(self._gaps) >= 2 * max(1, trainer.num_training_batches - 1)
-                                                            or trainer.current_epoch + 1 >= trainer.max_epochs):
-            self._report_pace(trainer, pl_module)
+        if self.budget is not None and not self._paced:
+            two_epochs = 2 * max(1, trainer.num_training_batches - 1)  # gaps: batches per epoch less one
+            if len(self._gaps) >= two_epochs or trainer.current_epoch + 1 >= trainer.max_epochs:
+                self._report_pace(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._bar is not None:

@@ -231,3 +231,39 @@ def test_the_pace_check_names_the_throughput_that_would_have_predicted_the_measu
     assert level == logging.INFO and "throughput_gflops about 100 would afford a finer plan" in msg
     level, msg = pace_note(1.2 * est, plan.schedule, budget)
     assert level == logging.INFO and not re.search("throughput_gflops about", msg)
+
+
+def test_the_pace_is_the_median_time_between_batches_of_the_first_two_epochs(monkeypatch, caplog):
+    """A fake clock: epoch starts are slow (their first gap is not counted), the batches 0.2 s apart except one
+    0.5 s; the pace is the median 0.2 s, reported once after the second epoch, logged to the run, and a warning
+    because the plan estimated 0.1 s."""
+    import logging
+    from types import SimpleNamespace
+
+    from sarcart.training import module
+
+    now = [0.0]
+    monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    budget = Budget(time_budget_min=30, throughput_gflops=40)
+    plan = make_plan(_fp(), budget.model_copy(update={"epochs": 10, "iterations_per_epoch": 5}), task="t")
+    plan = plan.model_copy(update={"schedule": plan.schedule.model_copy(update={"est_seconds_per_iteration": 0.1})})
+    logged = []
+    trainer = SimpleNamespace(is_global_zero=True, callback_metrics={}, current_epoch=0, max_epochs=10,
+                              num_training_batches=5, global_step=0,
+                              logger=SimpleNamespace(log_metrics=lambda m, step: logged.append((m, step))))
+    cb = module.EpochProgress(enabled=False, budget=budget)
+    pl = SimpleNamespace(plan=plan)
+    gaps = {0: [5.0, 0.2, 0.2, 0.5, 0.2], 1: [7.0, 0.2, 0.2, 0.2, 0.2], 2: [0.3] * 5}
+    with caplog.at_level(logging.INFO, logger="sarcart.training.module"):
+        for epoch, times in gaps.items():
+            trainer.current_epoch = epoch
+            cb.on_train_epoch_start(trainer, pl)
+            for i, g in enumerate(times):
+                now[0] += g
+                trainer.global_step += 1
+                cb.on_train_batch_end(trainer, pl, None, None, i)
+            cb.on_train_epoch_end(trainer, pl)
+    assert logged == [({"early_seconds_per_iteration": pytest.approx(0.2)}, 10)]
+    paced = [r for r in caplog.records if "training pace" in r.getMessage()]
+    assert len(paced) == 1 and paced[0].levelno == logging.WARNING
+    assert "training pace 0.200 s/iteration, the plan estimated 0.100" in paced[0].getMessage()

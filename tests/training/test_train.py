@@ -50,10 +50,7 @@ def test_loss_falls_and_everything_is_logged_without_patient_names(setup):
     assert np.mean(losses[-2:]) < 0.75 * np.mean(losses[:2])  # the loss falls
     assert run.data.params["budget.patch_size"] == "[32, 32, 16]"
     assert "val_dice" in run.data.metrics and "val_case_dice_mean" in run.data.metrics
-    # the early pace (batch to batch, epochs 1-2) is part of the whole run's time per iteration, which also holds
-    # start-up, validation and checkpoints
-    early, overall = run.data.metrics["early_seconds_per_iteration"], run.data.metrics["seconds_per_iteration"]
-    assert 0 < early < overall
+    assert run.data.metrics["early_seconds_per_iteration"] > 0  # its value: test_plan_networks.py, pace tests
     arts = {a.path for a in client.list_artifacts(run_id)}
     assert {"plan.json", "config.json", "validation"} <= arts
     with open(client.download_artifacts(run_id, "validation/cases.json")) as f:

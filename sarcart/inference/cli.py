@@ -137,7 +137,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> tuple:  # type: ignore[type-arg]
     from sarcart.errors import ConfigError
-    from sarcart.inference.predictor import Predictor, PredictorConfig, bundle_subvoxel
+    from sarcart.inference.predictor import Predictor, PredictorConfig, bundle_subvoxel, member_names
     from sarcart.tracking import hash_id
     from sarcart.training.dataset import fold_entries, load_datalist
     from sarcart.training.evaluation import evaluate_cases
@@ -154,7 +154,7 @@ def _score(args: argparse.Namespace) -> tuple:  # type: ignore[type-arg]
                           f"structures")
     table = evaluate_cases(pred.masks, entries, structures, case_key=hash_id, ring_mm=args.ring_mm,
                            ptv_margin_mm=args.ptv_margin_mm)
-    members = [f"{b.name} v{b.version}" for b in pred.bundles]
+    members = member_names(pred.bundles)
     model = members[0] if len(members) == 1 else f"ensemble of {len(members)}: {', '.join(members)}"
     meta = {"model": model, "source": pred.source, "tta": args.tta,
             "subvoxel": subvoxel, "postprocessing": not args.no_postprocess, "datalist": str(args.data), "fold": args.fold, "ring_mm": args.ring_mm, "ptv_margin_mm": args.ptv_margin_mm}

@@ -198,13 +198,18 @@ def segment_image(image: Volume, bundle: ModelBundle, network: nn.Module | None 
     return segment_ensemble(image, [(bundle, network)], config=config)
 
 
+def member_names(bundles: Sequence[ModelBundle]) -> list[str]:
+    """``NAME vVERSION`` of each model, as ensembles are described in outputs and reports."""
+    return [f"{b.name} v{b.version}" for b in bundles]
+
+
 def check_same_structures(bundles: Sequence[ModelBundle], sources: Sequence[str] | None = None) -> None:
     """Refuse an ensemble whose models do not segment the same structures in the same order.
 
     Raises:
         ConfigError: naming the first model that differs from the first one, and both structure lists.
     """
-    names = list(sources) if sources is not None else [f"{b.name} v{b.version}" for b in bundles]
+    names = list(sources) if sources is not None else member_names(bundles)
     first = list(bundles[0].plan.structures)
     for b, n in zip(bundles[1:], names[1:]):
         if list(b.plan.structures) != first:
@@ -272,7 +277,7 @@ def segment_ensemble(image: Volume, members: Sequence[tuple[ModelBundle, nn.Modu
     else:
         model = "ensemble of " + "+".join(dict.fromkeys(b.name for b in bundles))
         version = "+".join(b.version for b in bundles)
-        names = [f"{b.name} v{b.version}" for b in bundles]
+        names = member_names(bundles)
     return Segmentation(
         labels=image.with_array(labels), structures=structures,
         probabilities=probs.astype(np.float16) if cfg.keep_probabilities else None,

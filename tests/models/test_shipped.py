@@ -39,7 +39,7 @@ def test_shipped_gtv_t1_reproduces_a_training_case() -> None:
     ref = read_nifti(case / "gtv.nii.gz").array > 0
     pred = Predictor("gtv-t1").masks(image)["GTV"]
     dice = 2 * np.count_nonzero(pred & ref) / (np.count_nonzero(pred) + np.count_nonzero(ref))
-    assert dice == pytest.approx(0.91, abs=0.04)   # measured 0.912 when shipped (2026-11-28)
+    assert dice == pytest.approx(0.90, abs=0.04)   # measured 0.897 when v2 shipped (2026-12-07; v1: 0.912)
 
 
 #: Dice of the shipped trufi v3.1 (v3's weights, averaging over the plan grid's sub-voxel phases as its bundle

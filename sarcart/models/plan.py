@@ -96,10 +96,18 @@ class Budget(_Frozen):
     slab_slices: int = Field(default=8, ge=1, le=64, description="2.5D: axial slices per training patch")
 
     @model_validator(mode="after")
-    def _odd_context(self) -> Budget:
+    def _consistent_2p5d(self) -> Budget:
         if self.context_slices and self.context_slices % 2 == 0:
             raise ValueError(f"context_slices must be 0 (3D) or odd (the slice and as many neighbours on each "
                              f"side), got {self.context_slices}")
+        # a resolved config.json carries the default slab depth even for a 3D plan: only another value is refused
+        if not self.context_slices and self.slab_slices != type(self).model_fields["slab_slices"].default:
+            raise ValueError(f"slab_slices ({self.slab_slices}) applies only to a 2.5D plan: set context_slices "
+                             f"to an odd number, or remove slab_slices (a 3D patch's depth is patch_size[2])")
+        if ("slab_slices" in self.model_fields_set and self.context_slices and self.patch_size is not None
+                and self.patch_size[2] != self.slab_slices):
+            raise ValueError(f"slab_slices ({self.slab_slices}) and the depth of the fixed patch_size "
+                             f"{tuple(self.patch_size)} disagree: set the slab depth in one of them only")
         return self
 
 

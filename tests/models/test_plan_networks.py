@@ -203,6 +203,13 @@ def test_a_2p5d_plan_convolves_in_plane_only_and_its_patch_is_a_slab_covering_th
 def test_2p5d_settings_that_cannot_work_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="context_slices must be 0"):
         Budget(context_slices=4)
+    # a slab depth that the plan would not use is refused instead of silently ignored
+    with pytest.raises(ValueError, match="applies only to a 2.5D plan"):
+        Budget(slab_slices=12)
+    with pytest.raises(ValueError, match=r"slab_slices \(12\) and the depth of the fixed patch_size"):
+        Budget(context_slices=5, slab_slices=12, patch_size=(96, 96, 8))
+    fixed = make_plan(_fp(), Budget(context_slices=5, slab_slices=8, patch_size=(96, 96, 8)), task="t")
+    assert fixed.patch_size == (96, 96, 8)
     with pytest.raises(ValueError, match="kernel and stride 1 along z"):
         NetworkPlan(name="DynUNet", kernel_size=[(3, 3, 3)] * 2, strides=[(1, 1, 1), (2, 2, 2)], filters=[4, 8],
                     context_slices=3)

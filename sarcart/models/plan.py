@@ -64,6 +64,10 @@ class Fingerprint(_Frozen):
         return tuple(float(v) for v in np.median(ext, axis=0))  # type: ignore[return-value]
 
 
+#: axial slices of a 2.5D training patch when neither ``slab_slices`` nor ``patch_size`` says
+SLAB_SLICES = 8
+
+
 class Budget(_Frozen):
     """Compute budget and design limits the plan must respect.
 
@@ -93,18 +97,20 @@ class Budget(_Frozen):
     flip_axes: tuple[int, ...] | None = None
     # 2.5D: a 2D network on each axial slice, its neighbours as channels (0 = a 3D network)
     context_slices: int = Field(default=0, ge=0, le=15, description="0: 3D network; odd k: 2.5D with k slices")
-    slab_slices: int = Field(default=8, ge=1, le=64, description="2.5D: axial slices per training patch")
+    slab_slices: int | None = Field(default=None, ge=1, le=64,
+                                    description="2.5D: axial slices per training patch (None: 8, or a fixed "
+                                                "patch_size's depth)")
 
     @model_validator(mode="after")
     def _consistent_2p5d(self) -> Budget:
         if self.context_slices and self.context_slices % 2 == 0:
             raise ValueError(f"context_slices must be 0 (3D) or odd (the slice and as many neighbours on each "
                              f"side), got {self.context_slices}")
-        # a resolved config.json carries the default slab depth even for a 3D plan: only another value is refused
-        if not self.context_slices and self.slab_slices != type(self).model_fields["slab_slices"].default:
+        # configs resolved before slab_slices became optional carry 8 for every plan: only another value is refused
+        if not self.context_slices and self.slab_slices not in (None, SLAB_SLICES):
             raise ValueError(f"slab_slices ({self.slab_slices}) applies only to a 2.5D plan: set context_slices "
                              f"to an odd number, or remove slab_slices (a 3D patch's depth is patch_size[2])")
-        if ("slab_slices" in self.model_fields_set and self.context_slices and self.patch_size is not None
+        if (self.context_slices and self.slab_slices is not None and self.patch_size is not None
                 and self.patch_size[2] != self.slab_slices):
             raise ValueError(f"slab_slices ({self.slab_slices}) and the depth of the fixed patch_size "
                              f"{tuple(self.patch_size)} disagree: set the slab depth in one of them only")

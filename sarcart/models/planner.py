@@ -13,6 +13,7 @@ from sarcart.models.plan import (
     _COARSEN,
     ABDOMINAL_STRUCTURES,
     LATERAL_STRUCTURES,
+    SLAB_SLICES,
     Budget,
     Fingerprint,
     NetworkPlan,
@@ -66,7 +67,7 @@ def _fit_patch(spacing: tuple[float, float, float], extent_mm: tuple[float, ...]
                *, max_seconds: float) -> _Candidate:
     """Largest patch (at most the median image, rounded to the stride divisor) inside memory and time.
 
-    2.5D (``budget.context_slices``): the patch is ``budget.slab_slices`` axial slices deep and its
+    2.5D (``budget.context_slices``): the patch is ``budget.slab_slices`` (default 8) axial slices deep and its
     coverage counts the in-plane axes only.
     """
     shape = np.maximum(np.asarray(extent_mm) / np.asarray(spacing), 1.0)
@@ -76,7 +77,7 @@ def _fit_patch(spacing: tuple[float, float, float], extent_mm: tuple[float, ...]
     else:
         target = shape.copy()
         if in_plane:
-            target[2] = budget.slab_slices
+            target[2] = budget.slab_slices or SLAB_SLICES
     for _ in range(200):
         kernels, strides = topology(spacing, tuple(int(t) for t in target), budget.max_levels, in_plane=in_plane)
         div = divisor(strides)

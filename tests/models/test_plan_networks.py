@@ -210,6 +210,10 @@ def test_2p5d_settings_that_cannot_work_are_refused_with_the_reason():
         Budget(context_slices=5, slab_slices=12, patch_size=(96, 96, 8))
     fixed = make_plan(_fp(), Budget(context_slices=5, slab_slices=8, patch_size=(96, 96, 8)), task="t")
     assert fixed.patch_size == (96, 96, 8)
+    # a resolved config (every field written out) validates again: the fixed patch's depth stands
+    deep = Budget(context_slices=5, patch_size=(96, 96, 16))
+    assert Budget.model_validate(deep.model_dump(mode="json")).patch_size == (96, 96, 16)
+    assert Budget.model_validate({**Budget().model_dump(mode="json"), "slab_slices": 8}).slab_slices == 8
     with pytest.raises(ValueError, match="kernel and stride 1 along z"):
         NetworkPlan(name="DynUNet", kernel_size=[(3, 3, 3)] * 2, strides=[(1, 1, 1), (2, 2, 2)], filters=[4, 8],
                     context_slices=3)

@@ -4,6 +4,12 @@
         --model v1=trufi --model v2=mlruns/train/trufi/all/bundle.pt \
         --data mlruns/datasets/trufi_test --out /work/runs/trufi-compare [--threads 2] [--fractions fx00,fx01]
 
+``--model NAME=A+B`` is an ensemble (the members' class probabilities averaged, as ``sarcart segment --model A
+--model B`` does); a member may be an earlier ``--model`` NAME. Each model runs once per image, and an
+ensemble combines the passes its members already made (``sarcart.inference.predictor.predict_member`` /
+``combine_members``), so ``--model v3=A --model s1=B --model ens=v3+s1`` costs two passes per image, not four.
+The ``seconds`` column counts the passes an entry had to make itself.
+
 ``--data`` is a datalist or a folder of sub-cohort folders that each hold one (the frozen ``trufi`` test
 cohort: ``snr06 snr10 snr20 snr40 band20``). Every image is segmented at its own resolution by the deployed
 predictor (post-processing on, TTA as the plan allows; sub-voxel phases for the models named by ``--subvoxel``,
@@ -169,10 +175,55 @@ def cnr_figure(rows: pd.DataFrame, names: list[str], path: Path) -> Path:
     return path
 
 
+class SharedPasses:
+    """Each model's pass over the current image, made once and combined for every entry that uses it."""
+
+    def __init__(self) -> None:
+        self.passes: dict[tuple[str, bool, bool], object] = {}
+
+    def segmenter(self, pred):
+        """``image -> {structure: mask}`` of ``pred`` (a Predictor, one model or an ensemble)."""
+        from sarcart.inference.predictor import combine_members, predict_member
+
+        cfg = pred.config
+
+        def masks(image):
+            members = []
+            for src, bundle, net in zip(pred.sources, pred.bundles, pred.networks):
+                key = (src, bool(cfg.subvoxel), cfg.tta)
+                if key not in self.passes:
+                    self.passes[key] = predict_member(image, bundle, net, config=cfg)
+                members.append(self.passes[key])
+            seg = combine_members(image, members, config=cfg)
+            return {s: seg.labels.array == k for k, s in enumerate(seg.structures, 1)}
+        return masks
+
+
+def parse_models(specs: list[str]) -> list[tuple[str, list[str]]]:
+    """``NAME=MODEL`` or ``NAME=A+B+...`` (an ensemble) -> ``(name, member sources)``; a member may name an
+    earlier ``--model`` entry, whose source it then uses."""
+    models: list[tuple[str, list[str]]] = []
+    for spec in specs:
+        if "=" not in spec:
+            raise SystemExit(f"--model {spec!r}: write NAME=MODEL (e.g. v1=trufi) or NAME=A+B for an ensemble")
+        name, src = spec.split("=", 1)
+        if not name or not src or name in dict(models):
+            raise SystemExit(f"--model {spec!r}: every model needs its own non-empty NAME and a MODEL")
+        known = dict(models)
+        members: list[str] = []
+        for part in src.split("+"):
+            if not part:
+                raise SystemExit(f"--model {spec!r}: an empty ensemble member; write NAME=A+B")
+            members += known.get(part, [part])
+        models.append((name, members))
+    return models
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", required=True,
-                    help="NAME=MODEL (shipped name, bundle path or models:/ URI); repeatable, the first is the reference")
+                    help="NAME=MODEL (shipped name, bundle path or models:/ URI), or NAME=A+B an ensemble whose "
+                         "members are models or earlier NAMEs; repeatable, the first is the reference")
     ap.add_argument("--data", type=Path, default=ROOT / "mlruns/datasets/trufi_test")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--fractions", help="only cases ending in one of these (comma-separated, e.g. fx01)")
@@ -188,12 +239,7 @@ def main() -> None:
     from sarcart.training.evaluation import evaluate_cases, write_report
 
     torch.set_num_threads(args.threads)
-    models = []
-    for spec in args.model:
-        if "=" not in spec:
-            raise SystemExit(f"--model {spec!r}: write NAME=MODEL, e.g. v1=trufi")
-        name, src = spec.split("=", 1)
-        models.append((name, src))
+    models = parse_models(args.model)
     unknown = set(args.subvoxel) - {n for n, _ in models}
     if unknown:
         raise SystemExit(f"--subvoxel {sorted(unknown)}: no --model of that name")
@@ -206,16 +252,18 @@ def main() -> None:
         prev = pd.read_csv(rows_path)
         done = set(zip(prev.model, prev["sub"], prev.case))
     print(f"load average before: {os.getloadavg()[0]:.1f}; {len(done)} (model, image) pairs already scored")
-    for name, src in models:
-        pred = Predictor(src, config=PredictorConfig(tta=args.tta, subvoxel=name in args.subvoxel))
-        for sub, dl in datalists(args.data):
-            ents, data_structures = entries_of(dl, fractions)
-            structures = [s for s in pred.structures if s in data_structures]
-            for e in ents:  # load_datalist made the paths absolute
+    configs = {n: PredictorConfig(tta=args.tta, subvoxel=n in args.subvoxel) for n in names}
+    preds = {n: Predictor(src, config=configs[n]) for n, src in models}
+    for sub, dl in datalists(args.data):
+        ents, data_structures = entries_of(dl, fractions)
+        for e in ents:  # load_datalist made the paths absolute
+            passes = SharedPasses()  # one pass per model and image, shared by every entry it is a member of
+            for name in names:
                 if (name, sub, e["case"]) in done:
                     continue
+                structures = [s for s in preds[name].structures if s in data_structures]
                 t0 = time.perf_counter()
-                table = evaluate_cases(pred.masks, [e], structures, show_progress=False)
+                table = evaluate_cases(passes.segmenter(preds[name]), [e], structures, show_progress=False)
                 table.insert(0, "sub", sub)
                 table.insert(0, "model", name)
                 table["seconds"] = round(time.perf_counter() - t0, 1)
@@ -229,7 +277,8 @@ def main() -> None:
     for name, src in models:
         sel = rows[rows.model == name].drop(columns=["model", "seconds"])
         sel = sel.assign(case=sel["sub"] + "/" + sel["case"]).drop(columns=["sub"])
-        write_report(sel, args.out / name, meta={"model": f"{name} ({Path(src).name})", "source": src,
+        write_report(sel, args.out / name, meta={"model": f"{name} ({' + '.join(Path(m).name for m in src)})",
+                                                 "source": " + ".join(src),
                                                  "data": str(args.data), "fractions": args.fractions})
     text = ("## Paired comparison (difference against " + names[0] + ")\n\n" + compare_table(rows, names)
             + "\n\n## Mean Dice per sub-cohort\n\n" + per_sub_table(rows, names)

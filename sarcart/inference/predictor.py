@@ -28,7 +28,7 @@ from sarcart.inference.postprocess import SINGLE_COMPONENT, SOLID, postprocess
 from sarcart.io.geometry import Geometry, Volume
 from sarcart.io.labels import LabelSpec
 from sarcart.models.bundle import ModelBundle, load_bundle, resolve_model
-from sarcart.training.predict import predict_volume
+from sarcart.training.predict import PlanGridPrediction, predict_volume
 from sarcart.training.preprocess import body_mask
 
 log = logging.getLogger(__name__)
@@ -219,46 +219,68 @@ def check_same_structures(bundles: Sequence[ModelBundle], sources: Sequence[str]
                 f"{', '.join(b.plan.structures)}; ensemble only models of one task")
 
 
-def segment_ensemble(image: Volume, members: Sequence[tuple[ModelBundle, nn.Module | None]],
-                     *, config: PredictorConfig | None = None) -> Segmentation:
-    """Segment one image with several models: their class probabilities averaged on the image's grid.
+@dataclass
+class MemberPrediction:
+    """One model's pass over an image, before its probabilities are combined (:func:`combine_members`).
 
-    Each member runs as :func:`segment_image` runs it alone (its own plan grid, normalisation, TTA and
-    sub-voxel phases; ``config.subvoxel=None`` follows each bundle's recommendation); the averaged
-    probabilities then go through argmax and the anatomy rules of the first member's bundle. This is how
-    nnU-Net combines its cross-validation folds. The plan-grid probabilities for the QA confidence are
-    averaged too when every member works on the same plan grid, else not kept (the image grid's are).
+    Attributes:
+        bundle: the model.
+        probs: ``(C, nx, ny, nz)`` float32 class probabilities on the image's grid.
+        plan_pred: the unshifted pass on the model's plan grid (for the QA confidence).
+        subvoxel: whether the pass averaged the plan grid's half-voxel phases.
+    """
 
-    Args:
-        members: ``(bundle, network)`` pairs; a None network is built from its bundle on the configured device.
+    bundle: ModelBundle
+    probs: np.ndarray
+    plan_pred: PlanGridPrediction
+    subvoxel: bool
+
+
+def predict_member(image: Volume, bundle: ModelBundle, network: nn.Module | None = None,
+                   *, config: PredictorConfig | None = None) -> MemberPrediction:
+    """Run one model on an image as it runs alone (its plan grid, normalisation, TTA and sub-voxel phases).
+
+    ``config.subvoxel=None`` follows the bundle's recommendation. The result is what
+    :func:`combine_members` averages; a caller that scores the same model alone and in ensembles (e.g.
+    ``benchmarks/bench_model_compare.py``) runs each model once per image this way.
+
+    Raises:
+        InvalidImageError: a non-scalar image.
+    """
+    cfg = config or PredictorConfig()
+    if image.array.ndim != 3:
+        raise InvalidImageError(f"image must be a scalar 3D volume, got shape {image.array.shape}")
+    net = network if network is not None else bundle.network(_device(cfg))
+    dev = next(net.parameters()).device
+    subvoxel = bundle_subvoxel(bundle) if cfg.subvoxel is None else cfg.subvoxel
+    probs, plan_pred = predict_volume(net, image, bundle.plan, tta=cfg.tta, subvoxel=subvoxel,
+                                      sw_batch_size=cfg.sw_batch_size, amp_dtype=_amp_dtype(cfg, dev))
+    return MemberPrediction(bundle, probs, plan_pred, subvoxel)
+
+
+def combine_members(image: Volume, members: Sequence[MemberPrediction], *, config: PredictorConfig | None = None,
+                    seconds: float | None = None) -> Segmentation:
+    """The segmentation of an image from one or more models' passes (:func:`predict_member`).
+
+    The members' image-grid probabilities are averaged, then argmax and the anatomy rules of the first
+    member's bundle make the labels; the plan-grid probabilities (QA confidence) are averaged when every
+    member works on the same plan grid, else not kept.
 
     Raises:
         ConfigError: no member, or members that segment different structures.
-        InvalidImageError: a non-scalar image.
     """
     cfg = config or PredictorConfig()
     if not members:
         raise ConfigError("an ensemble needs at least one model")
-    if image.array.ndim != 3:
-        raise InvalidImageError(f"image must be a scalar 3D volume, got shape {image.array.shape}")
-    bundles = [b for b, _ in members]
-    check_same_structures(bundles)
     t0 = time.perf_counter()
-    device = _device(cfg)
-    total: np.ndarray | None = None
-    plan_preds, subvoxels = [], []
-    for bundle, network in members:
-        net = network if network is not None else bundle.network(device)
-        dev = next(net.parameters()).device
-        subvoxel = bundle_subvoxel(bundle) if cfg.subvoxel is None else cfg.subvoxel
-        probs, plan_pred = predict_volume(net, image, bundle.plan, tta=cfg.tta, subvoxel=subvoxel,
-                                          sw_batch_size=cfg.sw_batch_size, amp_dtype=_amp_dtype(cfg, dev))
-        total = probs if total is None else total + probs
-        plan_preds.append(plan_pred)
-        subvoxels.append(subvoxel)
-    assert total is not None
-    probs = total
-    probs /= len(members)
+    bundles = [m.bundle for m in members]
+    check_same_structures(bundles)
+    probs = members[0].probs
+    if len(members) > 1:  # a new array: the members' own probabilities may be combined again
+        probs = probs.copy()
+        for m in members[1:]:
+            probs += m.probs
+        probs /= len(members)
     lead = bundles[0]
     structures = list(lead.plan.structures)
     cx = None
@@ -267,6 +289,7 @@ def segment_ensemble(image: Volume, members: Sequence[tuple[ModelBundle, nn.Modu
         cx = float(image.geometry.index_to_world(np.asarray(ndimage.center_of_mass(body)))[0]) if body.any() else None
     labels, notes = _labels(probs, image.geometry, lead, cx, cfg.postprocess)
     plan_probs = plan_labels = None
+    plan_preds = [m.plan_pred for m in members]
     grid = plan_preds[0].prepared.grid
     if cfg.keep_probabilities and all(p.prepared.grid == grid for p in plan_preds):
         # the same rules on the shared plan grid, for the QA confidence
@@ -283,8 +306,37 @@ def segment_ensemble(image: Volume, members: Sequence[tuple[ModelBundle, nn.Modu
         probabilities=probs.astype(np.float16) if cfg.keep_probabilities else None,
         plan_probabilities=plan_probs.astype(np.float16) if plan_probs is not None else None,
         plan_labels=plan_labels, model=model, version=version, members=names, tta=cfg.tta,
-        subvoxel=any(subvoxels), notes=notes, seconds=time.perf_counter() - t0,
+        subvoxel=any(m.subvoxel for m in members), notes=notes,
+        seconds=(seconds or 0.0) + time.perf_counter() - t0,
     )
+
+
+def segment_ensemble(image: Volume, members: Sequence[tuple[ModelBundle, nn.Module | None]],
+                     *, config: PredictorConfig | None = None) -> Segmentation:
+    """Segment one image with several models: their class probabilities averaged on the image's grid.
+
+    Each member runs as :func:`segment_image` runs it alone (:func:`predict_member`: its own plan grid,
+    normalisation, TTA and sub-voxel phases; ``config.subvoxel=None`` follows each bundle's recommendation);
+    :func:`combine_members` then averages the probabilities and applies argmax and the anatomy rules of the
+    first member's bundle. This is how nnU-Net combines its cross-validation folds. The plan-grid
+    probabilities for the QA confidence are averaged too when every member works on the same plan grid,
+    else not kept (the image grid's are).
+
+    Args:
+        members: ``(bundle, network)`` pairs; a None network is built from its bundle on the configured device.
+
+    Raises:
+        ConfigError: no member, or members that segment different structures.
+        InvalidImageError: a non-scalar image.
+    """
+    if not members:
+        raise ConfigError("an ensemble needs at least one model")
+    if image.array.ndim != 3:
+        raise InvalidImageError(f"image must be a scalar 3D volume, got shape {image.array.shape}")
+    check_same_structures([b for b, _ in members])
+    t0 = time.perf_counter()
+    preds = [predict_member(image, bundle, network, config=config) for bundle, network in members]
+    return combine_members(image, preds, config=config, seconds=time.perf_counter() - t0)
 
 
 class Predictor:

@@ -217,6 +217,15 @@ def test_an_ensemble_of_thresholds_placed_symmetrically_is_the_middle_threshold(
     expect = (low.plan_probabilities.astype(float) + high.plan_probabilities.astype(float)) / 2
     assert np.allclose(ens.plan_probabilities.astype(float), expect, atol=2e-3)
     assert (ens.model, ens.version, ens.members) == ("ensemble of sign", "1+1", ["sign v1", "sign v1"])
+    # each model's pass kept and combined: alone it is that model's segmentation, together the middle
+    # threshold; combining does not alter the kept passes (they can be combined again)
+    from sarcart.inference.predictor import combine_members, predict_member
+
+    passes = [predict_member(image, bundle, SignNet(o, gain=3.0), config=cfg) for o in (c - d, c + d)]
+    kept = [p.probs.copy() for p in passes]
+    assert np.array_equal(combine_members(image, passes, config=cfg).mask("GTV").array, got)
+    assert np.array_equal(combine_members(image, passes[:1], config=cfg).mask("GTV").array, low.mask("GTV").array)
+    assert all(np.array_equal(p.probs, k) for p, k in zip(passes, kept))
     # members that segment other structures cannot be averaged: refused, naming both lists
     other = ModelBundle(_plan(flip_axes=(), structures=("BOWEL",)), {}, {"name": "bowel", "version": "2"})
     with pytest.raises(ConfigError, match=r"sign v1 segments GTV, bowel v2 segments BOWEL"):
@@ -244,3 +253,56 @@ def test_an_ensemble_of_models_on_different_grids_averages_on_the_image_grid():
     assert ens.plan_probabilities is None and ens.confidence_inputs("GTV") is not None
     assert ens.model == "ensemble of a+b" and ens.members == ["a v1", "b v4"]
     assert dice(ens.mask("GTV").array, ball) > 0.9
+
+
+def test_the_model_comparison_benchmark_runs_each_model_once_per_image_for_its_ensembles():
+    """benchmarks/bench_model_compare.py scores ``a``, ``b`` and ``ens=a+b`` on each image: the ensemble's masks
+    equal segment_ensemble's (the mean of the two thresholding networks: the middle threshold), each member's
+    pass is made once and reused, and ``NAME=A+B`` resolves earlier names to their models."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from sarcart.inference.predictor import segment_ensemble
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_model_compare.py"
+    spec = importlib.util.spec_from_file_location("bench_model_compare", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_models(["a=x.pt", "b=y.pt", "ens=a+b", "mix=a+z.pt"]) == [
+        ("a", ["x.pt"]), ("b", ["y.pt"]), ("ens", ["x.pt", "y.pt"]), ("mix", ["x.pt", "z.pt"])]
+    for bad in (["a"], ["a=x", "a=y"], ["e=a+"]):
+        with pytest.raises(SystemExit, match="--model"):
+            bench.parse_models(bad)
+
+    image = _graded_ball()
+    bundle = ModelBundle(_plan(flip_axes=(), spacing=(2.0, 2.0, 3.0)), {}, {"name": "sign", "version": "1"})
+    cfg = PredictorConfig(postprocess=False, device="cpu")
+    nets = {"x.pt": SignNet(-0.1, gain=3.0), "y.pt": SignNet(1.1, gain=3.0)}
+    calls = {k: 0 for k in nets}
+
+    def counted(key):
+        net = nets[key]
+        forward = net.forward
+
+        def f(x):
+            calls[key] += 1
+            return forward(x)
+        net.forward = f
+        return net
+
+    for k in nets:
+        counted(k)
+
+    def pred(srcs):
+        return SimpleNamespace(sources=srcs, bundles=[bundle] * len(srcs), networks=[nets[s] for s in srcs], config=cfg)
+
+    shared = bench.SharedPasses()
+    alone = {s: shared.segmenter(pred([s]))(image)["GTV"] for s in nets}
+    after_alone = dict(calls)
+    ens = shared.segmenter(pred(["x.pt", "y.pt"]))(image)["GTV"]
+    assert calls == after_alone and all(v > 0 for v in calls.values())  # the ensemble made no new pass
+    expect = segment_ensemble(image, [(bundle, nets["x.pt"]), (bundle, nets["y.pt"])], config=cfg).mask("GTV").array
+    assert np.array_equal(ens, expect)
+    mid = segment_image(image, bundle, SignNet(0.5, gain=3.0), config=cfg).mask("GTV").array
+    assert np.array_equal(ens, mid) and alone["x.pt"].sum() > ens.sum() > alone["y.pt"].sum()

@@ -23,7 +23,8 @@ evaluate`` writes them); ``OUT/compare.md`` with, per structure and region, each
 and the paired difference against the first model (mean over images with a 2000-resample percentile
 bootstrap 95 % interval that resamples patients, so two fractions of one patient are not counted as
 independent evidence; the same images, so the difference is not confounded by which images were drawn),
-per sub-cohort mean Dice, and Dice against the structure's contrast-to-noise (Spearman ρ, tercile means;
+per sub-cohort mean Dice (``--by-case-prefix``: also per case-name prefix, for a datalist built from several
+cohorts), and Dice against the structure's contrast-to-noise (Spearman ρ, tercile means;
 ``OUT/dice_vs_cnr.png``).
 """
 
@@ -116,8 +117,16 @@ def compare_table(rows: pd.DataFrame, names: list[str]) -> str:
     return "\n".join(line.replace(" |  |", " |") for line in out)  # one model: no difference columns
 
 
-def per_sub_table(rows: pd.DataFrame, names: list[str]) -> str:
+def per_sub_table(rows: pd.DataFrame, names: list[str], *, by_case_prefix: bool = False) -> str:
+    """Markdown: mean Dice per sub-cohort, model and structure (region ``all``).
+
+    ``by_case_prefix``: also split each sub-cohort by the case name's prefix before its first ``_`` (``sarcart
+    dataset build`` with several ``--dicom-root`` names the cases ``a_...``, ``b_...``), so one datalist built
+    from several cohorts (the ``trufi`` validation cohort) is reported per cohort.
+    """
     allr = rows[rows.region == "all"]
+    if by_case_prefix:
+        allr = allr.assign(sub=allr["sub"] + "/" + allr.case.str.split("_", n=1).str[0])
     structures = sorted(allr.structure.unique())
     out = ["| sub-cohort | model | n images | " + " | ".join(structures) + " |",
            "|" + "---|" * (3 + len(structures))]
@@ -231,6 +240,9 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true", help="mirroring TTA where the plan allows it")
     ap.add_argument("--subvoxel", action="append", default=[], metavar="NAME",
                     help="the model NAME averages over the plan grid's half-voxel phases (repeatable)")
+    ap.add_argument("--by-case-prefix", action="store_true",
+                    help="per sub-cohort table: also split by the case-name prefix (a_, b_, ... of a datalist "
+                         "built from several --dicom-root folders)")
     args = ap.parse_args()
 
     import torch
@@ -281,7 +293,7 @@ def main() -> None:
                                                  "source": " + ".join(src),
                                                  "data": str(args.data), "fractions": args.fractions})
     text = ("## Paired comparison (difference against " + names[0] + ")\n\n" + compare_table(rows, names)
-            + "\n\n## Mean Dice per sub-cohort\n\n" + per_sub_table(rows, names)
+            + "\n\n## Mean Dice per sub-cohort\n\n" + per_sub_table(rows, names, by_case_prefix=args.by_case_prefix)
             + "\n\n## Dice against contrast-to-noise (`cnr` column; figure dice_vs_cnr.png)\n\n"
             + cnr_table(rows, names) + "\n")
     cnr_figure(rows, names, args.out / "dice_vs_cnr.png")

@@ -255,20 +255,42 @@ def test_an_ensemble_of_models_on_different_grids_averages_on_the_image_grid():
     assert dice(ens.mask("GTV").array, ball) > 0.9
 
 
-def test_the_model_comparison_benchmark_runs_each_model_once_per_image_for_its_ensembles():
-    """benchmarks/bench_model_compare.py scores ``a``, ``b`` and ``ens=a+b`` on each image: the ensemble's masks
-    equal segment_ensemble's (the mean of the two thresholding networks: the middle threshold), each member's
-    pass is made once and reused, and ``NAME=A+B`` resolves earlier names to their models."""
+def _bench_model_compare():
+    """benchmarks/bench_model_compare.py as a module (the benchmarks folder is not a package)."""
     import importlib.util
     from pathlib import Path
-    from types import SimpleNamespace
-
-    from sarcart.inference.predictor import segment_ensemble
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_model_compare.py"
     spec = importlib.util.spec_from_file_location("bench_model_compare", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_model_comparison_benchmark_splits_one_datalist_by_case_prefix():
+    """A datalist built from several cohorts (cases a_..., b_...) is reported per cohort with --by-case-prefix:
+    the means are those of each prefix's rows, computed here by hand."""
+    import pandas as pd
+
+    bench = _bench_model_compare()
+    rows = pd.DataFrame({
+        "model": ["m"] * 5, "sub": ["val"] * 5, "region": ["all"] * 4 + ["ring"],
+        "structure": ["GTV"] * 5, "case": ["a_P1_fx00", "a_P2_fx00", "b_P1_fx00", "b_P1_fx01", "a_P1_fx00"],
+        "dice": [0.9, 0.7, 0.5, 0.6, 0.1]})
+    lines = bench.per_sub_table(rows, ["m"], by_case_prefix=True).splitlines()
+    assert lines[2:] == ["| val/a | m | 2 | 0.800 |", "| val/b | m | 2 | 0.550 |"]
+    assert bench.per_sub_table(rows, ["m"]).splitlines()[2:] == ["| val | m | 4 | 0.675 |"]
+
+
+def test_the_model_comparison_benchmark_runs_each_model_once_per_image_for_its_ensembles():
+    """benchmarks/bench_model_compare.py scores ``a``, ``b`` and ``ens=a+b`` on each image: the ensemble's masks
+    equal segment_ensemble's (the mean of the two thresholding networks: the middle threshold), each member's
+    pass is made once and reused, and ``NAME=A+B`` resolves earlier names to their models."""
+    from types import SimpleNamespace
+
+    from sarcart.inference.predictor import segment_ensemble
+
+    bench = _bench_model_compare()
     assert bench.parse_models(["a=x.pt", "b=y.pt", "ens=a+b", "mix=a+z.pt"]) == [
         ("a", ["x.pt"]), ("b", ["y.pt"]), ("ens", ["x.pt", "y.pt"]), ("mix", ["x.pt", "z.pt"])]
     for bad in (["a"], ["a=x", "a=y"], ["e=a+"]):

@@ -266,6 +266,10 @@ def combine_members(image: Volume, members: Sequence[MemberPrediction], *, confi
     member's bundle make the labels; the plan-grid probabilities (QA confidence) are averaged when every
     member works on the same plan grid, else not kept.
 
+    Args:
+        members: the passes, in ensemble order (the first one's bundle names the model and its rules).
+        seconds: time already spent on the passes, added to the segmentation's ``seconds``.
+
     Raises:
         ConfigError: no member, or members that segment different structures.
     """

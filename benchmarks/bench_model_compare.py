@@ -264,8 +264,7 @@ def main() -> None:
         prev = pd.read_csv(rows_path)
         done = set(zip(prev.model, prev["sub"], prev.case))
     print(f"load average before: {os.getloadavg()[0]:.1f}; {len(done)} (model, image) pairs already scored")
-    configs = {n: PredictorConfig(tta=args.tta, subvoxel=n in args.subvoxel) for n in names}
-    preds = {n: Predictor(src, config=configs[n]) for n, src in models}
+    preds = {n: Predictor(src, config=PredictorConfig(tta=args.tta, subvoxel=n in args.subvoxel)) for n, src in models}
     for sub, dl in datalists(args.data):
         ents, data_structures = entries_of(dl, fractions)
         for e in ents:  # load_datalist made the paths absolute

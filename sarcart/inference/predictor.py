@@ -335,9 +335,7 @@ def segment_ensemble(image: Volume, members: Sequence[tuple[ModelBundle, nn.Modu
     """
     if not members:
         raise ConfigError("an ensemble needs at least one model")
-    if image.array.ndim != 3:
-        raise InvalidImageError(f"image must be a scalar 3D volume, got shape {image.array.shape}")
-    check_same_structures([b for b, _ in members])
+    check_same_structures([b for b, _ in members])  # before any pass (combine_members checks again)
     t0 = time.perf_counter()
     preds = [predict_member(image, bundle, network, config=config) for bundle, network in members]
     return combine_members(image, preds, config=config, seconds=time.perf_counter() - t0)

@@ -80,17 +80,33 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch["image"], batch["label"].long()
         loss = self._loss(self.net(x), y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=False, batch_size=x.shape[0],
-                 sync_dist=True)
+        # this rank's epoch mean, for the progress line only (read on rank 0 alone, so it must not need a
+        # collective); the logger gets every rank's mean from on_train_epoch_end
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=False, logger=False,
+                 batch_size=x.shape[0], sync_dist=False)
         self._sum += float(loss.detach())
         self._n += 1
         return loss
 
     def on_train_epoch_end(self) -> None:
-        if self._n:
-            self.epoch_losses.append(self._sum / self._n)
+        """Send the epoch's mean training loss and learning rate to the logger (MLflow).
+
+        Directly, not through ``self.log``: Lightning hands epoch-level ``self.log`` values to the logger
+        only after the epoch-end callbacks, i.e. after ``ModelCheckpoint`` has written the epoch's
+        checkpoint, so a crash in between left a checkpoint whose epoch had no ``train_loss`` in MLflow,
+        and the resumed run, starting after that epoch, never logged it. The module's hook runs before
+        the checkpoint callback's.
+        """
+        totals = torch.tensor([self._sum, float(self._n)], dtype=torch.float64, device=self.device)
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")  # every rank's batches
         self._sum, self._n = 0.0, 0
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_epoch=True, sync_dist=True)  # type: ignore[union-attr]
+        if float(totals[1]) == 0:
+            return
+        loss = float(totals[0] / totals[1])
+        self.epoch_losses.append(loss)
+        if self.logger is not None:  # rank 0 only (the logger's method is rank-zero-only)
+            lr = float(self.optimizers().param_groups[0]["lr"])  # type: ignore[union-attr]
+            self.logger.log_metrics({"train_loss": loss, "lr": lr}, step=self.global_step)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         probs = sliding_window_probs(self.net, batch["image"][0], self.plan, overlap=VAL_OVERLAP)

@@ -124,13 +124,42 @@ def test_a_killed_run_resumes_from_its_last_epoch_in_the_same_mlflow_run(setup, 
     done = torch.load(last, map_location="cpu", weights_only=False)["epoch"] + 1
     assert 1 <= done < 4
     run_id = (out / "tiny" / "fold1" / "mlflow_run_id").read_text().strip()
+    client = _client(setup["store"])
+    assert len(client.get_metric_history(run_id, "train_loss")) >= done  # nothing lost by the crash
     conf = load_config(cfg).with_updates(datalist=setup["datalist"], output_dir=out, fold=1, register_model=False)
     resumed = train(conf, store=setup["store"], resume=True, show_progress=False)
     assert resumed.run_id == run_id
     assert len(resumed.epoch_losses) == 4 - done  # only the missing epochs ran
-    client = _client(setup["store"])
     assert len({m.step for m in client.get_metric_history(run_id, "train_loss")}) == 4
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_each_epochs_loss_reaches_mlflow_before_its_checkpoint_is_written(setup, tmp_path, monkeypatch):
+    """A crash right after a checkpoint must not lose that epoch's loss: resuming starts after the epoch."""
+    from lightning.pytorch import Trainer
+
+    conf = load_config(setup["config"]).with_updates(datalist=setup["datalist"], output_dir=tmp_path / "runs",
+                                                     fold=2, register_model=False)
+    conf = conf.with_updates(budget=conf.budget.model_copy(update={"epochs": 3}).model_dump())
+    client = _client(setup["store"])
+    run_dir = tmp_path / "runs" / "tiny" / "fold2"
+    seen = []
+    save = Trainer.save_checkpoint
+
+    def spy(trainer, *args, **kwargs):
+        run_id = (run_dir / "mlflow_run_id").read_text().strip()
+        logged = sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step)
+        seen.append((trainer.current_epoch, [m.value for m in logged], float(trainer.callback_metrics["train_loss"])))
+        return save(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", spy)
+    result = train(conf, store=setup["store"], show_progress=False)
+    assert [epoch for epoch, _, _ in seen] == [0, 1, 2]  # one checkpoint per epoch
+    for epoch, logged, lightning_mean in seen:
+        assert len(logged) == epoch + 1  # this epoch's loss is in MLflow already
+        # the value is the mean Lightning's own epoch aggregation of the step losses gives
+        assert logged[-1] == pytest.approx(lightning_mean, rel=1e-5)
+    assert seen[-1][1] == pytest.approx(result.epoch_losses, rel=1e-6)
 
 
 def test_segment_cli_on_a_dicom_series_writes_labels_masks_and_rtstruct(setup, monkeypatch, tmp_path):
@@ -299,6 +328,9 @@ def test_ddp_on_two_cpu_processes_shards_the_cache(setup, tmp_path):
     for rank in (0, 1):
         assert f"rank {rank}/2 caches {n_train // 2} training case(s)" in " ".join(out.stderr.split())
     assert (tmp_path / "runs" / "tiny" / "fold0" / "bundle.pt").is_file()
+    run_id = (tmp_path / "runs" / "tiny" / "fold0" / "mlflow_run_id").read_text().strip()
+    history = _client(tmp_path / "ml").get_metric_history(run_id, "train_loss")
+    assert sorted(m.step for m in history) == [5, 10]  # one loss per epoch, logged by rank 0 only
 
 
 def test_cross_validation_report_pools_the_folds(setup, tmp_path):

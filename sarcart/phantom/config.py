@@ -66,6 +66,11 @@ class PhantomConfig(BaseModel):
     tumour_t1_ms: float = Field(default=600.0, gt=0.0, description="viable tumour T1 (UNVERIFIED)")
     tumour_t2_ms: float = Field(default=80.0, gt=0.0, description="viable tumour T2 (UNVERIFIED)")
     tumour_cc: tuple[float, float] | None = Field(default=None, description="override the site's GTV range")
+    necrosis_probability: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="chance that a tumour has a necrotic core; default: rising "
+        "with the tumour's size within the range, from 0.25 at the smallest to 0.75 at the largest")
+    necrotic_fraction: tuple[float, float] = Field(
+        default=(0.05, 0.35), description="range of the necrotic fraction of the GTV when there is necrosis")
     shrink_per_fraction: float = Field(default=0.03, ge=0.0, lt=0.5,
                                        description="GTV volume lost per fraction (fraction of the previous)")
     setup_shift_sd_mm: float = Field(default=3.0, ge=0.0, le=20.0, description="rigid set-up shift sd per axis")
@@ -87,6 +92,9 @@ class PhantomConfig(BaseModel):
             raise ValueError(f"deformation_factors must be >= 1, got {self.deformation_factors}")
         if self.tumour_cc is not None and not 0 < self.tumour_cc[0] <= self.tumour_cc[1]:
             raise ValueError(f"tumour_cc must be (low, high) with 0 < low <= high, got {self.tumour_cc}")
+        if not 0 <= self.necrotic_fraction[0] <= self.necrotic_fraction[1] <= 0.9:
+            raise ValueError(f"necrotic_fraction must be (low, high) with 0 <= low <= high <= 0.9 (a viable rim "
+                             f"must remain), got {self.necrotic_fraction}")
         if any(s < 50.0 for s in self.fov_mm):
             raise ValueError(f"fov_mm must be at least 50 mm along every axis, got {self.fov_mm}")
         return self

@@ -43,6 +43,28 @@ def test_draws_depend_only_on_seed_and_index() -> None:
     assert [p.name for p in a] == ["SYN-RP-001", "SYN-UE-002", "SYN-LE-003", "SYN-RP-004", "SYN-UE-005"]
 
 
+def test_necrosis_is_drawn_as_documented_and_can_be_enriched() -> None:
+    pts = sample_cohort(make_spec(patients=4000, site="retroperitoneum", seed=5))
+    lo, hi = TUMOUR_CC["retroperitoneum"]
+    q = (np.log([p.volume_cc for p in pts]) - np.log(lo)) / (np.log(hi) - np.log(lo))
+    nec = np.array([p.necrotic_fraction for p in pts])
+    # P(necrosis | q) = 0.25 + 0.5 q: 0.25 + 0.5 * mean(q) overall, about 0.3125 in the smallest quarter
+    assert (nec > 0).mean() == pytest.approx(0.25 + 0.5 * q.mean(), abs=0.03)
+    assert (nec[q < 0.25] > 0).mean() == pytest.approx(0.3125, abs=0.05)
+    assert nec[nec > 0].min() >= 0.05 and nec[nec > 0].max() <= 0.35
+    assert nec[nec > 0].mean() == pytest.approx(0.20, abs=0.01)  # uniform 0.05-0.35
+    # the override keeps the volumes (drawn first); later draws follow from the same patient stream
+    rich = sample_cohort(make_spec(patients=4000, site="retroperitoneum", seed=5, necrosis_probability=1.0,
+                                   necrotic_fraction=(0.25, 0.4)))
+    assert [p.volume_cc for p in rich] == [p.volume_cc for p in pts]
+    r = np.array([p.necrotic_fraction for p in rich])
+    assert r.min() >= 0.25 and r.max() <= 0.4 and r.mean() == pytest.approx(0.325, abs=0.005)
+    none = sample_cohort(make_spec(patients=50, site="retroperitoneum", seed=5, necrosis_probability=0.0))
+    assert all(p.necrotic_fraction == 0.0 for p in none)
+    with pytest.raises(ConfigError, match="necrotic_fraction"):
+        make_spec(patients=1, necrotic_fraction=(0.5, 0.95))
+
+
 def test_spec_yaml_rejects_unknown_keys_and_bad_values(tmp_path) -> None:  # type: ignore[no-untyped-def]
     p = tmp_path / "spec.yaml"
     p.write_text("patients: 2\nsnr: 20\nsnr_db: 3\n")

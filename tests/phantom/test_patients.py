@@ -81,7 +81,8 @@ def test_spec_yaml_rejects_unknown_keys_and_bad_values(tmp_path) -> None:  # typ
     assert spec.shape == (200, 200, 108) and spec.seed == 4
 
 
-EXAMPLES = ("demo_small.yaml", "trial_default.yaml", "hypoxia_detection.yaml", "real_extremity.yaml")
+EXAMPLES = ("demo_small.yaml", "trial_default.yaml", "hypoxia_detection.yaml", "real_extremity.yaml",
+            "trufi_val_n.yaml", "trufi_train_g.yaml")
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -90,3 +91,14 @@ def test_example_cohort_specs_load(name: str) -> None:
 
     spec = load_spec(Path(__file__).resolve().parents[2] / "configs" / "cohorts" / name)
     assert spec.patients >= 1 and spec.fractions >= 1
+
+
+@pytest.mark.parametrize("name", ["trufi_val_n.yaml", "trufi_train_g.yaml"])
+def test_the_necrotic_trufi_cohorts_draw_what_their_headers_say(name: str) -> None:
+    from pathlib import Path
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "configs" / "cohorts" / name)
+    pts = sample_cohort(spec)
+    lo, hi = spec.necrotic_fraction
+    assert all(lo <= p.necrotic_fraction <= hi for p in pts)  # every tumour necrotic, within the range
+    assert all(spec.tumour_cc[0] <= p.volume_cc <= spec.tumour_cc[1] for p in pts)  # type: ignore[index]

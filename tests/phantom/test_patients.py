@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from sarcart.errors import ConfigError
 from sarcart.phantom.config import TUMOUR_CC, load_spec, make_spec
 from sarcart.phantom.patients import HYP_MEAN, HYP_SD, sample_cohort
+
+#: the committed cohort specs
+COHORTS = Path(__file__).resolve().parents[2] / "configs" / "cohorts"
 
 
 @pytest.mark.parametrize("rho", [0.0, 0.3, 0.6, 0.9, 1.0])
@@ -87,17 +92,13 @@ EXAMPLES = ("demo_small.yaml", "trial_default.yaml", "hypoxia_detection.yaml", "
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_cohort_specs_load(name: str) -> None:
-    from pathlib import Path
-
-    spec = load_spec(Path(__file__).resolve().parents[2] / "configs" / "cohorts" / name)
+    spec = load_spec(COHORTS / name)
     assert spec.patients >= 1 and spec.fractions >= 1
 
 
 @pytest.mark.parametrize("name", ["trufi_val_n.yaml", "trufi_train_g.yaml"])
 def test_the_necrotic_trufi_cohorts_draw_what_their_headers_say(name: str) -> None:
-    from pathlib import Path
-
-    spec = load_spec(Path(__file__).resolve().parents[2] / "configs" / "cohorts" / name)
+    spec = load_spec(COHORTS / name)
     pts = sample_cohort(spec)
     lo, hi = spec.necrotic_fraction
     assert all(lo <= p.necrotic_fraction <= hi for p in pts)  # every tumour necrotic, within the range

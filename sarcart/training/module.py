@@ -64,7 +64,10 @@ class SegmentationModule(L.LightningModule):
         self.net = build_network(self.plan.network, out_channels=self.plan.n_classes)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
         self.epoch_losses: list[float] = []
-        self._sum, self._n = 0.0, 0
+        # this rank's running sum of step losses, kept on the device: reading it every step would be a
+        # host-device sync per step on a GPU; it is read once per epoch
+        self._sum: torch.Tensor | float = 0.0
+        self._n = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -80,13 +83,17 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch["image"], batch["label"].long()
         loss = self._loss(self.net(x), y)
-        # this rank's epoch mean, for the progress line only (read on rank 0 alone, so it must not need a
-        # collective); the logger gets every rank's mean from on_train_epoch_end
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=False, logger=False,
-                 batch_size=x.shape[0], sync_dist=False)
-        self._sum += float(loss.detach())
+        self._sum = self._sum + loss.detach()
         self._n += 1
         return loss
+
+    def running_train_loss(self) -> float:
+        """This rank's mean step loss so far in the epoch (NaN before the first step), without a collective.
+
+        The progress line reads it on rank 0 alone, in the callbacks' epoch-end hook, which runs before the
+        module's (:meth:`on_train_epoch_end`, which gives the logger every rank's mean and starts the next sum).
+        """
+        return float(self._sum / self._n) if self._n else float("nan")
 
     def on_train_epoch_end(self) -> None:
         """Send the epoch's mean training loss and learning rate to the logger (MLflow).
@@ -97,7 +104,8 @@ class SegmentationModule(L.LightningModule):
         and the resumed run, starting after that epoch, never logged it. The module's hook runs before
         the checkpoint callback's.
         """
-        totals = torch.tensor([self._sum, float(self._n)], dtype=torch.float64, device=self.device)
+        total = torch.as_tensor(self._sum, device=self.device).to(torch.float64)
+        totals = torch.stack([total, torch.tensor(float(self._n), dtype=torch.float64, device=self.device)])
         totals = self.trainer.strategy.reduce(totals, reduce_op="sum")  # every rank's batches
         self._sum, self._n = 0.0, 0
         if float(totals[1]) == 0:
@@ -168,7 +176,8 @@ class EpochProgress(Callback):
 
     With a ``budget``, the pace of the first two epochs (median time from one training batch to the next,
     data loading included, validation and checkpoints not) is compared with the plan's estimate once
-    (:func:`pace_note`) and logged to the run as ``early_seconds_per_iteration``.
+    (:func:`pace_note`) and logged to the run as ``early_seconds_per_iteration``. The loss shown is rank 0's
+    own mean step loss of the epoch (:meth:`SegmentationModule.running_train_loss`); MLflow gets every rank's.
     """
 
     def __init__(self, enabled: bool = True, budget: Budget | None = None) -> None:
@@ -219,7 +228,8 @@ class EpochProgress(Callback):
         if not trainer.is_global_zero:
             return
         m = trainer.callback_metrics
-        loss = float(m["train_loss"]) if "train_loss" in m else float("nan")
+        running = getattr(pl_module, "running_train_loss", None)
+        loss = running() if callable(running) else float("nan")
         val = f" val_dice {float(m['val_dice']):.3f}" if "val_dice" in m else ""
         info = f"loss {loss:.4f}{val}"
         log.info("epoch %d/%d %s (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs, info,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -134,32 +136,45 @@ def test_a_killed_run_resumes_from_its_last_epoch_in_the_same_mlflow_run(setup, 
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
-def test_each_epochs_loss_reaches_mlflow_before_its_checkpoint_is_written(setup, tmp_path, monkeypatch):
-    """A crash right after a checkpoint must not lose that epoch's loss: resuming starts after the epoch."""
+def test_each_epochs_loss_reaches_mlflow_before_its_checkpoint_is_written(setup, tmp_path, monkeypatch, caplog):
+    """A crash right after a checkpoint must not lose that epoch's loss: resuming starts after the epoch.
+    The logged value and the progress line's are the mean of the epoch's step losses, recorded here as the
+    training steps return them."""
     from lightning.pytorch import Trainer
+
+    from sarcart.training.module import SegmentationModule
 
     conf = load_config(setup["config"]).with_updates(datalist=setup["datalist"], output_dir=tmp_path / "runs",
                                                      fold=2, register_model=False)
     conf = conf.with_updates(budget=conf.budget.model_copy(update={"epochs": 3}).model_dump())
     client = _client(setup["store"])
     run_dir = tmp_path / "runs" / "tiny" / "fold2"
-    seen = []
-    save = Trainer.save_checkpoint
+    seen, steps = [], {}
+    save, step = Trainer.save_checkpoint, SegmentationModule.training_step
 
     def spy(trainer, *args, **kwargs):
         run_id = (run_dir / "mlflow_run_id").read_text().strip()
         logged = sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step)
-        seen.append((trainer.current_epoch, [m.value for m in logged], float(trainer.callback_metrics["train_loss"])))
+        seen.append((trainer.current_epoch, [m.value for m in logged]))
         return save(trainer, *args, **kwargs)
 
+    def record(module, *args, **kwargs):
+        loss = step(module, *args, **kwargs)
+        steps.setdefault(module.current_epoch, []).append(float(loss.detach()))
+        return loss
+
     monkeypatch.setattr(Trainer, "save_checkpoint", spy)
-    result = train(conf, store=setup["store"], show_progress=False)
-    assert [epoch for epoch, _, _ in seen] == [0, 1, 2]  # one checkpoint per epoch
-    for epoch, logged, lightning_mean in seen:
+    monkeypatch.setattr(SegmentationModule, "training_step", record)
+    with caplog.at_level(logging.INFO, logger="sarcart.training.module"):
+        result = train(conf, store=setup["store"], show_progress=False)
+    means = [sum(v) / len(v) for _, v in sorted(steps.items())]
+    assert [epoch for epoch, _ in seen] == [0, 1, 2]  # one checkpoint per epoch
+    for epoch, logged in seen:
         assert len(logged) == epoch + 1  # this epoch's loss is in MLflow already
-        # the value is the mean Lightning's own epoch aggregation of the step losses gives
-        assert logged[-1] == pytest.approx(lightning_mean, rel=1e-5)
+        assert logged[-1] == pytest.approx(means[epoch], rel=1e-5)  # the mean of the epoch's step losses
     assert seen[-1][1] == pytest.approx(result.epoch_losses, rel=1e-6)
+    shown = [float(m.group(1)) for r in caplog.records if (m := re.search(r"^epoch \d+/3 loss (\S+)", r.getMessage()))]
+    assert shown == pytest.approx(means, abs=6e-5)  # the progress line (4 decimals) shows the same means
 
 
 def test_segment_cli_on_a_dicom_series_writes_labels_masks_and_rtstruct(setup, monkeypatch, tmp_path):

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--fold", type=_fold, help="validation fold (integer) or 'all' (overrides the config)")
     t.add_argument("--datalist", type=Path, help="datalist.json (overrides the config)")
     t.add_argument("--output-dir", type=Path, help="where runs are written (overrides the config)")
+    t.add_argument("--init-from", help="continue this trained model (shipped name, bundle or MLflow URI) with its "
+                   "plan; needs budget.epochs in the config (overrides the config's init_from)")
     t.add_argument("--devices", type=int, help="GPUs (or CPU processes) per node, Lightning DDP")
     t.add_argument("--num-nodes", type=int, help="nodes for multi-node DDP (torchrun/SLURM)")
     t.add_argument("--store", help="MLflow store: folder or URI (default MLFLOW_TRACKING_URI or mlruns/)")
@@ -109,6 +111,7 @@ def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     cfg = load_config(args.config)
     updates: dict = {"fold": args.fold, "datalist": args.datalist, "output_dir": args.output_dir,
+                     "init_from": getattr(args, "init_from", None),
                      "register_model": False if getattr(args, "no_register", False) else None}
     cfg = cfg.with_updates(**updates)
     trainer = cfg.trainer.model_dump()
@@ -126,12 +129,12 @@ def _train(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from sarcart.training.train import plan_for, train
+    from sarcart.training.train import continued_plan, plan_for, train
 
     cfg = _config(args)
     con = Console()
     if args.plan_only:
-        plan, _ = plan_for(cfg)
+        plan = continued_plan(cfg)[0] if cfg.init_from else plan_for(cfg)[0]
         con.print_json(json.dumps(plan.model_dump(mode="json")))
         return 0
     if cfg.fold != "all" and cfg.fold < 0:

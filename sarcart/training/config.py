@@ -96,6 +96,10 @@ class TrainConfig(_Frozen):
     fold: int | Literal["all"] = 0
     seed: int = 0
     register_model: bool = True
+    init_from: str | None = Field(
+        default=None, description="continue a trained model instead of starting from random weights: a shipped "
+        "name (trufi), a bundle file or an MLflow URI. Its plan (grid, patch, network, normalisation, batch) is "
+        "kept; budget.epochs (required) and budget.iterations_per_epoch set how long, optim how fast")
     budget: Budget = Budget()
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -137,4 +141,7 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     for key in ("datalist", "output_dir"):
         if key in raw:
             raw[key] = _resolve(p.parent, raw[key])
+    init = raw.get("init_from")
+    if isinstance(init, str) and init.endswith(".pt"):  # a bundle file: relative to the config, as the datalist
+        raw["init_from"] = str(_resolve(p.parent, init))
     return validate_model(TrainConfig, raw, where=str(p))

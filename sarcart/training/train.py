@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from sarcart import tracking
+from sarcart.errors import ConfigError
 from sarcart.models.bundle import ModelBundle, load_bundle, resolve_model, save_bundle
 from sarcart.models.plan import Fingerprint, Plan
 from sarcart.models.planner import make_plan
@@ -72,6 +73,33 @@ def plan_for(config: TrainConfig, *, show_progress: bool = True) -> tuple[Plan, 
     data = load_datalist(config.datalist)
     plan = make_plan(_fingerprint(config, data, show_progress), config.budget, task=config.task)
     return plan, data
+
+
+def continued_plan(config: TrainConfig) -> tuple[Plan, dict, ModelBundle]:
+    """For ``init_from``: the start model's plan with the configuration's schedule, the datalist and the start.
+
+    Raises:
+        ConfigError: ``budget.epochs`` unset, the model not found, or the datalist labels other structures
+            than the model segments.
+    """
+    b = config.budget
+    if b.epochs is None:
+        raise ConfigError("init_from continues a trained model on its own plan, so the budget cannot plan the "
+                          "schedule: set budget.epochs (iterations = budget.epochs x budget.iterations_per_epoch)")
+    start = load_bundle(resolve_model(config.init_from))  # type: ignore[arg-type]
+    data = load_datalist(config.datalist)
+    if list(data["structures"]) != list(start.plan.structures):
+        raise ConfigError(f"init_from {config.init_from} segments {start.plan.structures}, but {config.datalist} "
+                          f"labels {data['structures']}: build the datalist with the model's structures, in its order")
+    old = start.plan.schedule
+    sched = old.model_copy(update={"epochs": b.epochs, "iterations_per_epoch": b.iterations_per_epoch,
+                                   "est_training_minutes": round(b.epochs * b.iterations_per_epoch
+                                                                 * old.est_seconds_per_iteration / 60, 1)})
+    note = (f"continued from {config.init_from} (weights {start.weights_digest()}): its plan, {b.epochs} x "
+            f"{b.iterations_per_epoch} iterations at lr {config.optim.lr:g}")
+    plan = start.plan.model_copy(update={"task": config.task, "schedule": sched,
+                                         "decisions": [*start.plan.decisions, note]})
+    return plan, data, start
 
 
 def segmenter_for(bundle: ModelBundle, device: str = "cpu") -> Any:
@@ -127,8 +155,8 @@ def _trainer(config: TrainConfig, plan: Plan, run_dir: Path, *, logger: Any, sho
     )
 
 
-def _fit(config: TrainConfig, plan: Plan, entries: tuple[list, list], *, run_dir: Path,
-         store: Any, resume: bool, show_progress: bool) -> tuple[Any, Any, str | None, float]:
+def _fit(config: TrainConfig, plan: Plan, entries: tuple[list, list], *, run_dir: Path, store: Any, resume: bool,
+         show_progress: bool, start: ModelBundle | None = None) -> tuple[Any, Any, str | None, float]:
     import lightning as L
     from lightning.pytorch.loggers import MLFlowLogger
 
@@ -148,6 +176,8 @@ def _fit(config: TrainConfig, plan: Plan, entries: tuple[list, list], *, run_dir
         id_file.write_text(str(logger.run_id))  # known before fitting, so a killed run can be resumed
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = SegmentationModule(plan.model_dump(mode="json"), config.optim.model_dump())
+    if start is not None:  # init_from (a resumed run's checkpoint replaces these weights with its own)
+        module.net.load_state_dict(start.state_dict)
     dm = SegmentationDataModule(plan, entries[0], entries[1], augment=config.augment, data=config.data,
                                 seed=config.seed)
     trainer = _trainer(config, plan, run_dir, logger=logger, show_progress=show_progress)
@@ -175,12 +205,16 @@ def train(config: TrainConfig, *, store: str | os.PathLike[str] | None = None, r
     torch.set_num_threads(config.trainer.threads)
     run_dir = run_dir_for(config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    plan, data = plan_for(config, show_progress=show_progress)
+    start = None
+    if config.init_from:
+        plan, data, start = continued_plan(config)
+    else:
+        plan, data = plan_for(config, show_progress=show_progress)
     plan.save(run_dir / "plan.json")
     (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=1))
     train_e, val_e = split(data, config.fold)
     trainer, module, run_id, seconds = _fit(config, plan, (train_e, val_e), run_dir=run_dir, store=store, resume=resume,
-                                            show_progress=show_progress)
+                                            show_progress=show_progress, start=start)
     result = TrainResult(run_dir=run_dir, plan=plan, run_id=run_id, epoch_losses=list(module.epoch_losses),
                          train_seconds=seconds)
     if not trainer.is_global_zero:
@@ -188,6 +222,9 @@ def train(config: TrainConfig, *, store: str | os.PathLike[str] | None = None, r
     meta = {"name": config.task, "task": config.task, "fold": config.fold, "structures": plan.structures,
             "n_train_cases": len(train_e), "train_seconds": round(seconds, 1), "mlflow_run_id": run_id,
             "inference": config.inference.model_dump()}
+    if start is not None:
+        meta["init_from"] = {"model": str(config.init_from), "name": start.name, "version": start.version,
+                             "weights_digest": start.weights_digest()}
     result.bundle_path = save_bundle(ModelBundle(plan, module.net.state_dict(), meta), run_dir / "bundle.pt")
     if val_e:
         result.validation = _validate(result.bundle_path, val_e, plan.structures, show_progress=show_progress)

@@ -111,6 +111,22 @@ def test_config_rejects_unknown_keys_and_resolves_paths(tmp_path):
     cfg.write_text("task: Bad Name\ndatalist: x.json\n")
     with pytest.raises(ConfigError, match="task"):
         load_config(cfg)
+    # init_from: a bundle file is taken from the config's folder, as the datalist; a shipped name or URI is kept
+    cfg.write_text("task: demo\ndatalist: d.json\ninit_from: models/start.pt\n")
+    assert load_config(cfg).init_from == str((tmp_path / "models" / "start.pt").resolve())
+    cfg.write_text("task: demo\ndatalist: d.json\ninit_from: models:/sarcart-trufi@champion\n")
+    assert load_config(cfg).init_from == "models:/sarcart-trufi@champion"
+
+
+def test_every_training_config_in_the_repository_loads_and_a_continued_one_sets_its_length():
+    from sarcart import tracking
+
+    files = sorted((tracking.project_root() / "configs" / "train").glob("*.yaml"))
+    assert len(files) >= 4
+    for f in files:
+        c = load_config(f)
+        if c.init_from:  # continued_plan refuses a continued run without budget.epochs
+            assert c.budget.epochs is not None, f
 
 
 def test_several_roots_are_merged_with_prefixed_names(tmp_path):

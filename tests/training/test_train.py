@@ -177,6 +177,51 @@ def test_each_epochs_loss_reaches_mlflow_before_its_checkpoint_is_written(setup,
     assert shown == pytest.approx(means, abs=6e-5)  # the progress line (4 decimals) shows the same means
 
 
+def test_init_from_continues_a_trained_model_with_its_plan_and_weights(setup, tmp_path):
+    """Same seed and batches, the learning rate too small to move anything: the run started from the fold-0
+    model keeps its weights, and its loss on the batches is that trained model's, far below a random start's."""
+    from sarcart.models.bundle import load_bundle
+
+    start_path = setup["run_dir"] / "bundle.pt"
+    start = load_bundle(start_path)
+    conf = load_config(setup["config"]).with_updates(datalist=setup["datalist"], fold=1, register_model=False)
+    conf = conf.with_updates(optim=conf.optim.model_copy(update={"lr": 1e-12}).model_dump(),
+                             budget=conf.budget.model_copy(update={"epochs": 1}).model_dump())
+    still = train(conf.with_updates(init_from=str(start_path), output_dir=tmp_path / "still"), store=setup["store"],
+                  show_progress=False)
+    fresh = train(conf.with_updates(output_dir=tmp_path / "fresh"), store=setup["store"], show_progress=False)
+    out = load_bundle(still.bundle_path)
+    assert sorted(out.state_dict) == sorted(start.state_dict)
+    assert max(float((out.state_dict[k] - v).abs().max()) for k, v in start.state_dict.items()) < 1e-6
+    assert out.meta["init_from"]["weights_digest"] == start.weights_digest()
+    assert (out.plan.patch_size, out.plan.target_spacing_mm, out.plan.network) == \
+        (start.plan.patch_size, start.plan.target_spacing_mm, start.plan.network)
+    assert out.plan.schedule.epochs == 1 and "continued from" in out.plan.decisions[-1]
+    assert still.epoch_losses[0] < 0.75 * fresh.epoch_losses[0]
+
+
+def test_init_from_refuses_what_it_cannot_continue_and_names_the_fix(setup, tmp_path, capsys):
+    from sarcart.errors import ConfigError
+    from sarcart.training.train import continued_plan
+
+    start_path = setup["run_dir"] / "bundle.pt"
+    conf = load_config(setup["config"]).with_updates(datalist=setup["datalist"], init_from=str(start_path))
+    unplanned = conf.with_updates(budget=conf.budget.model_copy(update={"epochs": None}).model_dump())
+    with pytest.raises(ConfigError, match="set budget.epochs"):
+        continued_plan(unplanned)
+    other = json.loads(setup["datalist"].read_text())
+    other.update(labels={"0": "background", "1": "BOWEL"}, structures=["BOWEL"])
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ConfigError, match=r"segments \['GTV'\].*labels \['BOWEL'\]"):
+        continued_plan(conf.with_updates(datalist=tmp_path / "other.json"))
+    # the CLI flag: --plan-only prints the start model's plan with the config's schedule
+    rc = main(["train", "--config", str(setup["config"]), "--datalist", str(setup["datalist"]),
+               "--init-from", str(start_path), "--plan-only"])
+    plan = json.loads(capsys.readouterr().out)
+    assert rc == 0 and plan["patch_size"] == json.loads((setup["run_dir"] / "plan.json").read_text())["patch_size"]
+    assert plan["decisions"][-1].startswith(f"continued from {start_path}")
+
+
 def test_segment_cli_on_a_dicom_series_writes_labels_masks_and_rtstruct(setup, monkeypatch, tmp_path):
     from sarcart.io.dicom_series import read_dicom_series
     from sarcart.io.dicom_write import write_dicom_series

@@ -95,7 +95,8 @@ def continued_plan(config: TrainConfig) -> tuple[Plan, dict, ModelBundle]:
     sched = old.model_copy(update={"epochs": b.epochs, "iterations_per_epoch": b.iterations_per_epoch,
                                    "est_training_minutes": round(b.epochs * b.iterations_per_epoch
                                                                  * old.est_seconds_per_iteration / 60, 1)})
-    note = (f"continued from {config.init_from} (weights {start.weights_digest()}): its plan, {b.epochs} x "
+    start.meta["weights_digest"] = start.weights_digest()  # named in the plan and in the new bundle's meta
+    note = (f"continued from {config.init_from} (weights {start.meta['weights_digest']}): its plan, {b.epochs} x "
             f"{b.iterations_per_epoch} iterations at lr {config.optim.lr:g}")
     plan = start.plan.model_copy(update={"task": config.task, "schedule": sched,
                                          "decisions": [*start.plan.decisions, note]})
@@ -224,7 +225,7 @@ def train(config: TrainConfig, *, store: str | os.PathLike[str] | None = None, r
             "inference": config.inference.model_dump()}
     if start is not None:
         meta["init_from"] = {"model": str(config.init_from), "name": start.name, "version": start.version,
-                             "weights_digest": start.weights_digest()}
+                             "weights_digest": start.meta["weights_digest"]}
     result.bundle_path = save_bundle(ModelBundle(plan, module.net.state_dict(), meta), run_dir / "bundle.pt")
     if val_e:
         result.validation = _validate(result.bundle_path, val_e, plan.structures, show_progress=show_progress)
